@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lsknet.errors import CheckpointError, ConfigError, DatasetFormatError, LSKNetError
+from lsknet.models import backbone as _backbone  # noqa: F401  registers timm models
 
 __version__ = "0.1.0"
 

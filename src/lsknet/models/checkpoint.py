@@ -1,0 +1,243 @@
+"""Reading LSKNet checkpoints in every official layout and loading them strictly into a backbone.
+
+Layouts accepted (all read with ``torch.load(..., weights_only=True)``):
+
+- a plain state dict ``{"patch_embed1.proj.weight": ..., ...}``;
+- a training checkpoint ``{"state_dict": ..., "state_dict_ema": ..., "optimizer": ...}`` (the official ImageNet
+  files ``lsk_t_backbone-2ef8a593.pth`` / ``lsk_s_backbone-e9d2e551.pth``), or ``{"model": ...}``;
+- an MMRotate detector / segmentor checkpoint ``{"meta": ..., "state_dict": {"backbone.patch_embed1...": ...,
+  "neck....": ...}}``: the ``backbone.`` sub-dict is taken, everything else ignored;
+- any of these with DDP ``module.`` or ``torch.compile`` ``_orig_mod.`` prefixes.
+
+EMA: like timm, ``state_dict_ema`` (or ``model_ema``) is preferred when present and ``use_ema=True`` (the default),
+so ``lsknet.create_model(..., checkpoint=PATH)`` and ``timm.create_model(..., pretrained_cfg_overlay=dict(file=PATH))``
+load the very same tensors. Pass ``use_ema=False`` for the raw weights.
+
+Loading is strict for the backbone: a missing key, a shape mismatch (e.g. an LSKNet-T file into an LSKNet-S model)
+raises :class:`~lsknet.errors.CheckpointError` naming the keys. The classifier ``head`` is loaded when its shape
+matches the model's, otherwise skipped and reported (fine-tuning to a new number of classes).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lsknet.errors import CheckpointError
+
+__all__ = [
+    "LoadReport",
+    "load_backbone_weights",
+    "normalize_state_dict",
+    "read_checkpoint",
+    "unwrap_checkpoint",
+]
+
+_log = logging.getLogger(__name__)
+
+# Keys under which training frameworks nest the weights, in order of preference (EMA first when wanted).
+_EMA_KEYS = ("state_dict_ema", "model_ema")
+_PLAIN_KEYS = ("state_dict", "model", "module", "net")
+# Wrapper prefixes added by DDP and torch.compile; removed in any order.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+HEAD_PREFIX = "head."
+FIRST_CONV = "patch_embed1.proj.weight"
+
+
+def unwrap_checkpoint(obj: object, *, use_ema: bool = True, source: str = "checkpoint") -> dict[str, Tensor]:
+    """Return the tensor dict nested in a loaded checkpoint object (see module doc for the layouts).
+
+    ``source`` only names the origin in error messages. Non-tensor entries (optimizer, meta) are dropped.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{source}: expected a dict of tensors or a training checkpoint, not {type(obj).__name__}"
+        )
+    nested = obj
+    for _ in range(3):  # {"state_dict": {"model": ...}} style double nesting
+        if any(isinstance(v, Tensor) for v in nested.values()):
+            break
+        keys = (_EMA_KEYS if use_ema else ()) + _PLAIN_KEYS
+        inner = next((nested[k] for k in keys if isinstance(nested.get(k), Mapping) and nested[k]), None)
+        if inner is None:
+            break
+        nested = inner
+    tensors = {str(k): v for k, v in nested.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"{source}: no weights found (top-level keys: {sorted(map(str, obj.keys()))[:8]}); expected a state dict "
+            "or a dict with 'state_dict', 'state_dict_ema' or 'model'"
+        )
+    return tensors
+
+
+def normalize_state_dict(state_dict: Mapping[str, Tensor], prefix: str | None = None) -> dict[str, Tensor]:
+    """Strip ``module.``/``_orig_mod.`` wrappers and select the backbone sub-dict.
+
+    ``prefix``: take only keys starting with it (e.g. ``"backbone."``) and strip it. ``None`` detects it: when no key
+    looks like an LSKNet key but some start with ``backbone.`` (MMRotate / MMSeg checkpoints), those are taken.
+    """
+    cleaned: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for wrapper in _WRAPPER_PREFIXES:
+                if key.startswith(wrapper):
+                    key, stripped = key[len(wrapper) :], True
+        cleaned[key] = value
+    if prefix is None and not any(k.startswith("patch_embed1.") for k in cleaned):
+        if any(k.startswith("backbone.") for k in cleaned):
+            prefix = "backbone."
+    if prefix:
+        cleaned = {k[len(prefix) :]: v for k, v in cleaned.items() if k.startswith(prefix)}
+    return cleaned
+
+
+def read_checkpoint(path: str | Path, *, use_ema: bool = True, prefix: str | None = None) -> dict[str, Tensor]:
+    """Read a checkpoint file into a clean backbone state dict (un-nested, wrapper and ``backbone.`` prefixes gone).
+
+    Raises :class:`CheckpointError` when the file is missing, unreadable, not a weights-only pickle, or holds no
+    weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: refused to unpickle (weights_only=True): {first}") from err
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from err
+    return normalize_state_dict(unwrap_checkpoint(obj, use_ema=use_ema, source=str(path)), prefix=prefix)
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone_weights` did: keys loaded, head status, keys ignored."""
+
+    loaded: list[str] = field(default_factory=list)
+    head: str = "absent"  # "loaded" | "skipped (shape ...)" | "not in checkpoint" | "model has no head" | "absent"
+    unexpected: list[str] = field(default_factory=list)
+    adapted_first_conv: bool = False
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    more = f" ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def match_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    source: str = "checkpoint",
+    adapt_first_conv: bool = True,
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """Check ``state_dict`` against ``model`` strictly for backbone keys; return what to load and a report.
+
+    Missing backbone keys and shape mismatches raise :class:`CheckpointError` naming the keys. The head is kept when
+    its shapes match; otherwise the model's own head tensors are kept (reported). A first conv whose input channels
+    differ (``in_chans != 3``) is adapted with timm's ``adapt_input_conv`` (repeat channels, rescale by 3/in_chans;
+    sum for 1 channel); with ``adapt_first_conv=False`` it is passed through unchanged (timm adapts it later).
+    """
+    target = model.state_dict()
+    report = LoadReport()
+    out: dict[str, Tensor] = {}
+    missing, mismatched = [], []
+    head_keys = [k for k in target if k.startswith(HEAD_PREFIX)]
+    for key, want in target.items():
+        if key.startswith(HEAD_PREFIX):
+            continue
+        have = state_dict.get(key)
+        if have is None:
+            missing.append(key)
+            continue
+        if key == FIRST_CONV and have.shape != want.shape and have.ndim == 4 and have.shape[0] == want.shape[0]:
+            if have.shape[2:] == want.shape[2:]:
+                if not adapt_first_conv:
+                    out[key] = have
+                    continue
+                from timm.models import adapt_input_conv
+
+                have = adapt_input_conv(want.shape[1], have, base_chans=have.shape[1])
+                report.adapted_first_conv = True
+        if have.shape != want.shape:
+            mismatched.append(f"{key} (checkpoint {tuple(have.shape)} vs model {tuple(want.shape)})")
+            continue
+        out[key] = have
+    if missing or mismatched:
+        parts = []
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es): {_short(mismatched, 3)}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_short(missing)}")
+        hint = ""
+        if mismatched and any(k.startswith("patch_embed1.") for k in mismatched):
+            hint = " (wrong LSKNet variant? e.g. an LSKNet-T file into an LSKNet-S model)"
+        raise CheckpointError(f"{source}: does not fit the model{hint}: " + "; ".join(parts))
+    if head_keys:
+        have_head = {k: state_dict[k] for k in head_keys if k in state_dict}
+        if len(have_head) < len(head_keys):
+            report.head = "not in checkpoint"
+        elif all(have_head[k].shape == target[k].shape for k in head_keys):
+            out.update(have_head)
+            report.head = "loaded"
+        else:
+            shapes = ", ".join(f"{k} {tuple(have_head[k].shape)} vs {tuple(target[k].shape)}" for k in head_keys)
+            report.head = f"skipped (shape {shapes})"
+        if report.head != "loaded":
+            for k in head_keys:
+                out[k] = target[k]
+    elif any(k.startswith(HEAD_PREFIX) for k in state_dict):
+        report.head = "model has no head"
+    report.loaded = [k for k in out if not (k.startswith(HEAD_PREFIX) and report.head != "loaded")]
+    report.unexpected = sorted(k for k in state_dict if k not in target)
+    return out, report
+
+
+def load_backbone_weights(
+    model: nn.Module,
+    state_dict_or_path: Mapping[str, Tensor] | str | Path,
+    prefix: str | None = None,
+    *,
+    use_ema: bool = True,
+) -> LoadReport:
+    """Load LSKNet weights into ``model`` (an ``LSKNet`` or a timm ``features_only`` wrapper around one).
+
+    ``state_dict_or_path``: a file path (any layout, see module doc) or an already read state dict (nested training
+    dicts and ``backbone.``/``module.`` prefixes are handled too). ``prefix`` selects a sub-dict explicitly.
+    Strict for backbone keys (raises :class:`CheckpointError` naming the keys); the head is loaded only if its shape
+    fits. Keys of the checkpoint the model does not have (pruned stages, detector necks) are logged and returned.
+    """
+    if isinstance(state_dict_or_path, (str, Path)):
+        source = str(state_dict_or_path)
+        state_dict = read_checkpoint(state_dict_or_path, use_ema=use_ema, prefix=prefix)
+    else:
+        source = "state dict"
+        state_dict = normalize_state_dict(
+            unwrap_checkpoint(state_dict_or_path, use_ema=use_ema, source=source), prefix=prefix
+        )
+    inner = getattr(model, "model", None)  # timm FeatureGetterNet keeps the network under .model
+    target = inner if isinstance(inner, nn.Module) and not hasattr(model, "patch_embed1") else model
+    to_load, report = match_state_dict(target, state_dict, source=source)
+    target.load_state_dict(to_load, strict=True)
+    if report.head.startswith("skipped") or report.head == "not in checkpoint":
+        _log.warning("%s: classifier head %s; keeping the model's initial head", source, report.head)
+    if report.adapted_first_conv:
+        _log.info("%s: adapted patch_embed1.proj.weight to the model's input channels", source)
+    if report.unexpected:
+        _log.info(
+            "%s: ignored %d key(s) the model does not have: %s",
+            source,
+            len(report.unexpected),
+            _short(report.unexpected),
+        )
+    return report
