@@ -1,0 +1,311 @@
+"""Scene-classification data: class-per-folder trees, image decoding, seeded stratified splits, aerial augmentations.
+
+Layout (UC Merced, AID, NWPU-RESISC45 and any custom set)::
+
+    root/
+      Airport/  airport_1.jpg airport_2.jpg ...
+      Beach/    ...
+
+Class names are the sub-folder names, sorted; files at the top level (README, CSV) are ignored.
+
+Image decoding (:func:`load_image`) always returns an ``(H, W, 3)`` ``uint8`` array:
+
+- 8-bit images are used as stored; palette / CMYK / YCbCr images are converted to RGB.
+- grayscale (1 channel, or 2 with alpha) is repeated to 3 channels; **alpha is dropped** (RGBA -> RGB,
+  not composited on a background), so a transparent pixel keeps its stored colour.
+- images with more than 8 bits per sample (16-bit PNG/TIFF, 32-bit integer, float TIFF) are scaled to 8 bits
+  **per image**: ``high_bit="percentile"`` (default) maps the 1st..99th percentile of all channels linearly to
+  0..255 and clips (the usual display stretch for 11-/12-bit sensors stored in 16 bits); ``high_bit="range"``
+  divides by the type's maximum (65535 for 16-bit, so 65535 -> 255). Float images always use the stretch.
+- more than 4 channels (multispectral) is a :class:`~lsknet.errors.DatasetFormatError`.
+
+TIFFs that Pillow cannot read (16-bit multi-band, float) are read with ``rasterio`` when it is installed
+(``pip install lsknet[geo]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from lsknet.errors import DatasetFormatError, DataSkipWarning
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# decoding
+
+
+def _to_uint8(array: np.ndarray, high_bit: str) -> np.ndarray:
+    """Scale an (H, W, C) array of any numeric type to uint8 (see the module docstring)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    data = array.astype(np.float64)
+    if np.issubdtype(array.dtype, np.integer) and high_bit == "range":
+        # Pillow may hand 16-bit files over as int32 ("I" mode): values that fit 16 bits are scaled as 16-bit.
+        top = 65535.0 if data.max(initial=0) <= 65535 else float(np.iinfo(array.dtype).max)
+        return np.clip(np.round(data * 255.0 / top), 0, 255).astype(np.uint8)
+    if high_bit not in ("percentile", "range"):
+        raise DatasetFormatError(f"unknown high_bit scaling {high_bit!r}; expected 'percentile' or 'range'")
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    low, high = np.percentile(finite, [1.0, 99.0])
+    if high <= low:  # flat image: keep it flat, mid-grey if it is not zero
+        return np.full(array.shape, 0 if high <= 0 else 128, dtype=np.uint8)
+    data = np.nan_to_num(data, nan=low)
+    return np.clip(np.round((data - low) * 255.0 / (high - low)), 0, 255).astype(np.uint8)
+
+
+def _read_with_rasterio(path: Path) -> np.ndarray:
+    try:
+        import rasterio
+    except ImportError:
+        raise DatasetFormatError(
+            f"{path}: Pillow cannot read this TIFF (multi-band 16-bit or float?); install rasterio "
+            "(pip install 'lsknet[geo]') to read it"
+        ) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NotGeoreferencedWarning on plain images
+        with rasterio.open(path) as src:
+            return np.moveaxis(src.read(), 0, -1)
+
+
+def read_image_array(path: str | Path) -> np.ndarray:
+    """Decode an image file to an (H, W, C) array in its stored type; raises DatasetFormatError if unreadable."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()  # full decode: truncated files fail here, not later in a worker
+            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                image = image.convert("RGBA" if image.mode in ("P", "PA") and "transparency" in image.info else "RGB")
+            array = np.array(image)  # a writable copy
+    except UnidentifiedImageError:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            try:
+                array = _read_with_rasterio(path)
+            except DatasetFormatError:
+                raise
+            except Exception as err:  # rasterio raises its own error types for corrupt files
+                raise DatasetFormatError(f"{path}: cannot decode image: {err}") from None
+        else:
+            raise DatasetFormatError(f"{path}: not a readable image file") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DatasetFormatError(f"{path}: cannot decode image: {err}") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise DatasetFormatError(f"{path}: unexpected image shape {array.shape}")
+    return array
+
+
+def load_image(path: str | Path, high_bit: str = "percentile") -> np.ndarray:
+    """Decode an image to an (H, W, 3) uint8 RGB array, converting bit depth and channels as documented above."""
+    array = read_image_array(path)
+    channels = array.shape[2]
+    if channels in (1, 2):  # gray or gray+alpha
+        array = array[:, :, :1]
+    elif channels == 4:  # RGBA: alpha dropped
+        array = array[:, :, :3]
+    elif channels != 3:
+        raise DatasetFormatError(f"{path}: {channels} channels; scene images must have 1-4 channels (gray/RGB/RGBA)")
+    array = _to_uint8(array, high_bit)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# folder scanning and splits
+
+
+@dataclass
+class ScanSummary:
+    """What a folder scan found: kept samples per class and the files skipped (path, reason)."""
+
+    root: Path
+    classes: list[str]
+    counts: dict[str, int]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        total = sum(self.counts.values())
+        text = f"{self.root}: {total} images in {len(self.classes)} classes"
+        if self.skipped:
+            text += f", {len(self.skipped)} unreadable file(s) skipped"
+        return text
+
+
+def find_classes(root: str | Path) -> list[str]:
+    """Sorted class names (sub-folders of ``root``, hidden ones excluded); DatasetFormatError if there are none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetFormatError(f"{root}: dataset folder not found")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetFormatError(f"{root}: no class sub-folders (expected root/<class>/<image>)")
+    return classes
+
+
+def scan_scene_folder(
+    root: str | Path,
+    classes: Sequence[str] | None = None,
+    verify: bool = True,
+    strict: bool = False,
+    high_bit: str = "percentile",
+) -> tuple[list[tuple[Path, int]], ScanSummary]:
+    """List ``(path, class_index)`` for every image under ``root/<class>/`` (recursively), sorted by path.
+
+    ``classes`` fixes the class order (e.g. from the training set); ``None`` uses :func:`find_classes`.
+    With ``verify`` every image is decoded once: an unreadable one is skipped with a :class:`DataSkipWarning`
+    naming it and counted in the summary, or raises :class:`DatasetFormatError` when ``strict``.
+    A class folder without images raises :class:`DatasetFormatError`.
+    """
+    root = Path(root)
+    classes = list(classes) if classes is not None else find_classes(root)
+    samples: list[tuple[Path, int]] = []
+    summary = ScanSummary(root=root, classes=classes, counts={})
+    for index, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            raise DatasetFormatError(f"{folder}: class folder not found (classes: {', '.join(classes)})")
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+        kept = 0
+        for path in files:
+            if verify:
+                try:
+                    load_image(path, high_bit)
+                except DatasetFormatError as err:
+                    if strict:
+                        raise
+                    warnings.warn(f"skipping unreadable image {path}: {err}", DataSkipWarning, stacklevel=2)
+                    summary.skipped.append((str(path), str(err)))
+                    continue
+            samples.append((path, index))
+            kept += 1
+        if kept == 0:
+            what = "no readable images" if files else f"no images (extensions: {', '.join(IMAGE_EXTENSIONS)})"
+            raise DatasetFormatError(f"{folder}: empty class folder: {what}")
+        summary.counts[name] = kept
+    log.info("%s", summary)
+    return samples, summary
+
+
+def stratified_split(labels: Sequence[int], train_ratio: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Seeded stratified split of sample indices into (train, held-out), both sorted.
+
+    Each class contributes ``round(n_c * train_ratio)`` samples to train, clamped so that a class with at least
+    two samples has one on each side (the protocols of AID 20%/50% and NWPU 10%/20% training ratios).
+    The draw depends only on ``seed`` and the labels, so every process of a multi-process run gets the same split.
+    """
+    if not 0.0 < float(train_ratio) < 1.0:
+        raise DatasetFormatError(f"train ratio must be in (0, 1), got {train_ratio}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    held_out: list[int] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        n_train = int(round(len(members) * float(train_ratio)))
+        if len(members) >= 2:
+            n_train = min(max(n_train, 1), len(members) - 1)
+        train.extend(int(i) for i in members[:n_train])
+        held_out.extend(int(i) for i in members[n_train:])
+    return sorted(train), sorted(held_out)
+
+
+class SceneFolderDataset(Dataset):
+    """Images with class labels; returns ``(image_tensor, class_index)``.
+
+    ``samples`` are ``(path, class_index)`` pairs (see :func:`scan_scene_folder`); ``transform`` receives a
+    ``(3, H, W)`` uint8 tensor.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        high_bit: str = "percentile",
+    ) -> None:
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.transform = transform
+        self.high_bit = high_bit
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        """Class index of every sample."""
+        return [label for _, label in self.samples]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        image = torch.from_numpy(load_image(path, self.high_bit)).permute(2, 0, 1).contiguous()
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# transforms
+
+
+class RandomRot90(torch.nn.Module):
+    """Rotate a (..., H, W) tensor by a uniformly drawn multiple of 90 degrees (aerial scenes have no 'up')."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        k = int(torch.randint(0, 4, ()).item())
+        return torch.rot90(image, k, dims=(-2, -1)) if k else image
+
+
+def build_transforms(image_size: int, train: bool, aug: dict[str, Any] | None = None) -> v2.Compose:
+    """Transforms from a uint8 (3, H, W) tensor to a normalised float tensor of ``image_size`` x ``image_size``.
+
+    Training (``aug`` keys, defaults in brackets): random resized crop with ``scale`` [[0.5, 1.0]] and
+    ``ratio`` [[0.75, 1.333]], horizontal and vertical ``flip`` [true], ``rot90`` [true], ``color_jitter``
+    strength [0.0 = off]. Evaluation: resize to ``image_size`` (square). Both normalise with ImageNet mean/std.
+    """
+    aug = dict(aug or {})
+    size = (int(image_size), int(image_size))
+    steps: list[torch.nn.Module] = []
+    if train:
+        scale = tuple(float(s) for s in aug.get("scale", (0.5, 1.0)))
+        ratio = tuple(float(r) for r in aug.get("ratio", (3 / 4, 4 / 3)))
+        steps.append(v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True))
+        if aug.get("flip", True):
+            steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+        if aug.get("rot90", True):
+            steps.append(RandomRot90())
+        jitter = float(aug.get("color_jitter", 0.0))
+        if jitter > 0:
+            steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
+    else:
+        steps.append(v2.Resize(size, antialias=True))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
