@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lsknet.errors import CheckpointError, ConfigError, DatasetFormatError, LSKNetError
 from lsknet.models import backbone as _backbone  # noqa: F401  registers timm models
+from lsknet.models.factory import create_model, load_checkpoint
 
 __version__ = "0.1.0"
 
@@ -13,4 +14,6 @@ __all__ = [
     "DatasetFormatError",
     "LSKNetError",
     "__version__",
+    "create_model",
+    "load_checkpoint",
 ]

@@ -246,6 +246,7 @@ class LSKNet(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head)
+        self.head.train(self.training)
 
     def _stage(self, i: int, x: Tensor) -> Tensor:
         x = getattr(self, f"patch_embed{i + 1}")(x)

@@ -1,0 +1,110 @@
+"""One entry point that turns a model name (+ optional checkpoint) into a ready ``nn.Module``.
+
+Names:
+
+- ``lsknet_t``, ``lsknet_s``: the timm backbone / classifier (any timm keyword: ``num_classes``, ``features_only``,
+  ``in_chans``, ``drop_path_rate``, ...). ``checkpoint`` is read with :func:`lsknet.models.checkpoint.read_checkpoint`
+  (every official layout) and loaded strictly for the backbone.
+- ``lsknet_{t,s}_orcnn``: Oriented R-CNN (``lsknet.models.oriented_rcnn.build_oriented_rcnn``).
+- ``lsknet_{t,s}_{unetformer,upernet}``: segmentation (``lsknet.models.segmentation.build_segmenter``).
+
+The detector and segmenter builders are imported lazily, so this module works before/without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import timm
+from torch import nn
+
+from lsknet.errors import CheckpointError, ConfigError
+from lsknet.models import backbone as _backbone  # noqa: F401  (registers lsknet_t / lsknet_s in timm)
+from lsknet.models.checkpoint import load_backbone_weights, normalize_state_dict, read_checkpoint
+
+__all__ = ["MODEL_NAMES", "create_model", "load_checkpoint"]
+
+BACKBONES = ("lsknet_t", "lsknet_s")
+SEG_HEADS = ("unetformer", "upernet")
+MODEL_NAMES = (
+    *BACKBONES,
+    *(f"{b}_orcnn" for b in BACKBONES),
+    *(f"{b}_{h}" for b in BACKBONES for h in SEG_HEADS),
+)
+_NAME_RE = re.compile(r"^(lsknet_[ts])(?:_(orcnn|unetformer|upernet))?$")
+
+
+def _import(module: str, attr: str, name: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"model {name!r} needs {module}.{attr}, which is not available: {err}") from err
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """Build the model called ``name`` (see module doc) and load ``checkpoint`` into it if given.
+
+    Raises :class:`ConfigError` for an unknown name and :class:`CheckpointError` for a missing or unfitting checkpoint.
+    """
+    match = _NAME_RE.match(name)
+    if not match:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    variant, kind = match.groups()
+    if kind is None:
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise CheckpointError(f"checkpoint not found: {checkpoint}")
+        model = timm.create_model(variant, **kwargs)
+        if checkpoint is not None:
+            load_backbone_weights(model, checkpoint)
+        return model
+    if kind == "orcnn":
+        build = _import("lsknet.models.oriented_rcnn", "build_oriented_rcnn", name)
+        return build(variant, checkpoint=checkpoint, **kwargs)
+    build = _import("lsknet.models.segmentation", "build_segmenter", name)
+    return build(variant, kind, checkpoint=checkpoint, **kwargs)
+
+
+def _is_lsknet(model: nn.Module) -> bool:
+    inner = getattr(model, "model", None)
+    return isinstance(model, _backbone.LSKNet) or isinstance(inner, _backbone.LSKNet)
+
+
+def load_checkpoint(
+    model: nn.Module, path: str | Path, *, use_ema: bool = True, strict: bool = True, prefix: str = ""
+) -> nn.Module:
+    """Load a checkpoint file into ``model`` and return it.
+
+    LSKNet backbones/classifiers (incl. timm ``features_only`` wrappers) use the backbone rules of
+    :func:`~lsknet.models.checkpoint.load_backbone_weights` (all official layouts, ``backbone.`` prefixes, head
+    loaded only if it fits). Any other model (detector, segmenter) loads the whole un-nested state dict, minus
+    ``module.`` prefixes and minus ``prefix`` if given; with ``strict`` a missing, unexpected or mis-shaped key raises
+    :class:`CheckpointError` naming the keys.
+    """
+    if _is_lsknet(model):
+        load_backbone_weights(model, path, prefix=prefix or None, use_ema=use_ema)
+        return model
+    state_dict = read_checkpoint(path, use_ema=use_ema, prefix="")
+    if prefix:
+        state_dict = normalize_state_dict(state_dict, prefix=prefix)
+    target = model.state_dict()
+    mismatched = [
+        f"{k} (checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)})"
+        for k, v in state_dict.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch: {', '.join(mismatched[:4])}")
+    if strict and missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:6])}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:6])}")
+    if problems:
+        raise CheckpointError(f"{path}: does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=strict)
+    return model
