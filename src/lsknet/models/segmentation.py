@@ -1,0 +1,230 @@
+"""Semantic segmenter = timm ``features_only`` backbone + decode head (+ auxiliary head), and its loss.
+
+    from lsknet.models.segmentation import build_segmenter
+    model = build_segmenter("lsknet_t", "unetformer", num_classes=6)   # or lsknet.create_model("lsknet_t_unetformer")
+    logits = model(images)            # (B, K, H, W) at the input size; images ImageNet-normalised NCHW floats
+
+Any timm backbone works (``variant="resnet18"``, ``backbone_kwargs={"out_indices": (1, 2, 3, 4)}``); the heads read
+the channels from ``feature_info``. Inputs of any size are padded to a multiple of ``size_divisor`` (32) and the
+logits cropped back.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lsknet.errors import CheckpointError, ConfigError
+from lsknet.models.unetformer import UNetFormerAuxHead, UNetFormerHead
+from lsknet.models.upernet import FCNAuxHead, UPerNetHead
+
+__all__ = ["Segmenter", "SegmentationLoss", "build_segmenter", "dice_loss", "HEADS"]
+
+_log = logging.getLogger(__name__)
+HEADS = ("unetformer", "upernet")
+
+
+class Segmenter(nn.Module):
+    """``backbone`` (timm features_only) -> ``decode_head`` -> logits upsampled to the input size.
+
+    ``forward(x)`` returns logits ``(B, K, H, W)``; ``forward_with_aux(x)`` returns ``(logits, aux_logits)`` where
+    ``aux_logits`` (same size) is ``None`` when there is no auxiliary head.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, decode_head: nn.Module, aux_head: nn.Module | None = None, size_divisor: int = 32
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.aux_head = aux_head
+        self.size_divisor = size_divisor
+        self.num_classes = [m for m in decode_head.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+
+    def _features(self, x: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
+        h, w = x.shape[-2:]
+        d = self.size_divisor
+        ph, pw = (-h) % d, (-w) % d
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        return list(self.backbone(x)), (h, w)
+
+    def _logits(self, logits: Tensor, size: tuple[int, int], padded: tuple[int, int]) -> Tensor:
+        ph, pw = padded
+        logits = F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)
+        return logits[..., : size[0], : size[1]]
+
+    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        feats, size = self._features(x)
+        padded = (size[0] + (-size[0]) % self.size_divisor, size[1] + (-size[1]) % self.size_divisor)
+        aux = None
+        if isinstance(self.decode_head, UNetFormerHead):
+            logits, stages = self.decode_head(feats, return_aux=True)
+            if self.aux_head is not None:
+                aux = self.aux_head(stages)
+        else:
+            logits = self.decode_head(feats)
+            if self.aux_head is not None:
+                aux = self.aux_head(feats[-2])
+        out = self._logits(logits, size, padded)
+        return out, (self._logits(aux, size, padded) if aux is not None else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats, size = self._features(x)
+        padded = (size[0] + (-size[0]) % self.size_divisor, size[1] + (-size[1]) % self.size_divisor)
+        return self._logits(self.decode_head(feats), size, padded)
+
+
+def _backbone_name(variant: str) -> str:
+    v = variant.lower()
+    return {"t": "lsknet_t", "s": "lsknet_s", "lsknet-t": "lsknet_t", "lsknet-s": "lsknet_s"}.get(v, v)
+
+
+def build_segmenter(
+    variant: str = "lsknet_t",
+    head: str = "unetformer",
+    num_classes: int = 6,
+    checkpoint: str | Path | None = None,
+    *,
+    backbone_checkpoint: str | Path | None = None,
+    aux_head: bool = True,
+    decode_channels: int | None = None,
+    window_size: int = 8,
+    num_heads: int = 8,
+    pool_scales: tuple[int, ...] = (1, 2, 3, 6),
+    aux_channels: int = 256,
+    dropout: float = 0.1,
+    drop_path_rate: float = 0.0,
+    backbone_kwargs: dict[str, Any] | None = None,
+) -> Segmenter:
+    """Build a segmenter: ``variant`` is ``lsknet_t``/``lsknet_s`` (or ``t``/``s``) or any timm model name;
+    ``head`` is ``unetformer`` (decode channels 64) or ``upernet`` (channels 512).
+
+    ``checkpoint``: a full segmenter checkpoint (our Lightning ``.ckpt`` or a state dict with ``decode_head.`` keys),
+    loaded strictly; a backbone-only checkpoint (official LSKNet ImageNet weights) given here or as
+    ``backbone_checkpoint`` is loaded into the backbone only (strict for its keys).
+    """
+    head = head.lower()
+    if head not in HEADS:
+        raise ConfigError(f"unknown segmentation head {head!r}; expected one of {', '.join(HEADS)}")
+    name = _backbone_name(variant)
+    if name.startswith("lsknet"):
+        import lsknet.models.backbone  # noqa: F401  (registers lsknet_t / lsknet_s in timm)
+    kwargs = dict(backbone_kwargs or {})
+    kwargs.setdefault("out_indices", (0, 1, 2, 3))
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    try:
+        backbone = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+    except RuntimeError as err:
+        raise ConfigError(f"cannot build backbone {name!r} with features_only: {err}") from err
+    channels = list(backbone.feature_info.channels())
+    if head == "unetformer":
+        decode = UNetFormerHead(channels, num_classes, decode_channels or 64, window_size, num_heads, dropout)
+        aux = UNetFormerAuxHead(decode.channels, num_classes, dropout) if aux_head else None
+    else:
+        decode = UPerNetHead(channels, num_classes, decode_channels or 512, pool_scales, dropout)
+        aux = FCNAuxHead(channels[-2], num_classes, aux_channels, dropout) if aux_head else None
+    model = Segmenter(backbone, decode, aux)
+    if backbone_checkpoint is not None:
+        load_backbone(model, backbone_checkpoint)
+    if checkpoint is not None:
+        load_segmenter_checkpoint(model, checkpoint)
+    return model
+
+
+def load_backbone(model: Segmenter, path: str | Path) -> None:
+    """Load backbone weights (official LSKNet layouts via ``load_backbone_weights``; else a timm state dict)."""
+    from lsknet.models.checkpoint import load_backbone_weights, read_checkpoint
+
+    inner = getattr(model.backbone, "model", model.backbone)
+    if hasattr(inner, "patch_embed1"):
+        load_backbone_weights(model.backbone, path)
+        return
+    sd = read_checkpoint(path, prefix="")
+    missing, _ = model.backbone.load_state_dict(sd, strict=False)
+    if missing:
+        raise CheckpointError(f"{path}: {len(missing)} backbone key(s) missing, e.g. {', '.join(missing[:5])}")
+
+
+def load_segmenter_checkpoint(model: Segmenter, path: str | Path) -> None:
+    """Load a whole-segmenter checkpoint (strict), or a backbone-only checkpoint into the backbone."""
+    from lsknet.models.checkpoint import read_checkpoint
+
+    sd = read_checkpoint(path, prefix="")
+    if any(k.startswith("model.decode_head.") for k in sd):  # Lightning module with the segmenter as .model
+        sd = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+    if not any(k.startswith("decode_head.") for k in sd):
+        load_backbone(model, path)
+        return
+    target = model.state_dict()
+    if model.aux_head is None:  # a trained checkpoint carries its auxiliary head; inference models may drop it
+        sd = {k: v for k, v in sd.items() if not k.startswith("aux_head.")}
+    missing = sorted(set(target) - set(sd))
+    unexpected = sorted(set(sd) - set(target))
+    shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
+        for k, v in sd.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if missing or unexpected or shape:
+        raise CheckpointError(
+            f"{path}: does not fit this segmenter: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+            f"shape mismatch {shape[:3]} (check variant, head and num_classes)"
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, smooth: float = 0.05) -> Tensor:
+    """Soft multi-class Dice loss over the batch: ``1 - (2|P∩T| + s) / (|P| + |T| + s)`` averaged over the classes
+    present in the (non-ignored) target; ignored pixels count for neither prediction nor target."""
+    k = logits.shape[1]
+    valid = target != ignore_index
+    prob = logits.float().softmax(1) * valid.unsqueeze(1)
+    onehot = F.one_hot(target.clamp(0, k - 1) * valid, k).permute(0, 3, 1, 2).to(prob.dtype) * valid.unsqueeze(1)
+    inter = (prob * onehot).sum((0, 2, 3))
+    card = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = (2 * inter + smooth) / (card + smooth).clamp_min(1e-7)
+    present = onehot.sum((0, 2, 3)) > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    return (1 - dice)[present].mean()
+
+
+class SegmentationLoss(nn.Module):
+    """``CE(label smoothing) + dice_weight * Dice`` on the main logits ``+ aux_weight * CE`` on the auxiliary logits.
+
+    Defaults follow UNetFormer: label smoothing 0.05, Dice weight 1, auxiliary weight 0.4; ``ignore_index`` pixels
+    contribute to no term. Returns a dict with ``loss`` (the total) and its parts.
+    """
+
+    def __init__(
+        self, ignore_index: int = 255, label_smoothing: float = 0.05, dice_weight: float = 1.0, aux_weight: float = 0.4
+    ) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.dice_weight = dice_weight
+        self.aux_weight = aux_weight
+
+    def ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        if not (target != self.ignore_index).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(
+            logits.float(), target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
+        )
+
+    def forward(self, logits: Tensor, target: Tensor, aux_logits: Tensor | None = None) -> dict[str, Tensor]:
+        parts = {"loss_ce": self.ce(logits, target)}
+        if self.dice_weight:
+            parts["loss_dice"] = self.dice_weight * dice_loss(logits, target, self.ignore_index)
+        if aux_logits is not None and self.aux_weight:
+            parts["loss_aux"] = self.aux_weight * self.ce(aux_logits, target)
+        parts["loss"] = torch.stack(list(parts.values())).sum()
+        return parts
