@@ -163,18 +163,17 @@ def polygon_signed_area(polys: np.ndarray) -> np.ndarray:
     return 0.5 * np.sum(x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y, axis=-1)
 
 
-def _segments_cross(p1: np.ndarray, p2: np.ndarray, q1: np.ndarray, q2: np.ndarray) -> bool:
-    def orient(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
-        return float((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
+def quads_self_intersect(quads: np.ndarray) -> np.ndarray:
+    """(N,) bool: True where opposite edges of the (N,4,2) quadrilaterals properly cross (a 'bow-tie')."""
+    q = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
 
-    d1, d2 = orient(q1, q2, p1), orient(q1, q2, p2)
-    d3, d4 = orient(p1, p2, q1), orient(p1, p2, q2)
-    return d1 * d2 < 0 and d3 * d4 < 0
+    def orient(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
 
+    def cross(p1: np.ndarray, p2: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
+        return (orient(r1, r2, p1) * orient(r1, r2, p2) < 0) & (orient(p1, p2, r1) * orient(p1, p2, r2) < 0)
 
-def quad_self_intersects(quad: np.ndarray) -> bool:
-    """True when the opposite edges of a (4,2) quadrilateral properly cross (a 'bow-tie')."""
-    return _segments_cross(quad[0], quad[1], quad[2], quad[3]) or _segments_cross(quad[1], quad[2], quad[3], quad[0])
+    return cross(q[:, 0], q[:, 1], q[:, 2], q[:, 3]) | cross(q[:, 1], q[:, 2], q[:, 3], q[:, 0])
 
 
 def parse_labeltxt(
@@ -239,7 +238,7 @@ def parse_labeltxt(
         if abs(area) < min_area:
             report.skip(f"{source}:{lineno}", "zero-area polygon", repr(line))
             continue
-        if quad_self_intersects(quad):
+        if quads_self_intersect(quad)[0]:
             report.skip(f"{source}:{lineno}", "self-intersecting polygon", repr(line))
             continue
         if image_size is not None:
@@ -381,3 +380,109 @@ def pair_images_and_labels(
             continue
         pairs.append((stem, image, label))
     return pairs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Task1 detection files: ``Task1_<class>.txt`` with lines ``image_id score x1 y1 x2 y2 x3 y3 x4 y4``
+
+
+@dataclass
+class Task1Detections:
+    """Detections of one class: ``image_ids`` (D,) str array, ``scores`` (D,) float64, ``polys`` (D,4,2) float64."""
+
+    image_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=object))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float64))
+    polys: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 2), np.float64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @staticmethod
+    def concat(parts: Sequence[Task1Detections]) -> Task1Detections:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Task1Detections()
+        return Task1Detections(
+            np.concatenate([p.image_ids for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.polys for p in parts]),
+        )
+
+
+def parse_task1(lines: Iterable[str], source: str = "<Task1>", report: SkipReport | None = None) -> Task1Detections:
+    """Parse ``image_id score x1 y1 ... x4 y4`` lines; bad lines (count, numbers, NaN) are skipped and counted."""
+    report = report if report is not None else SkipReport()
+    ids: list[str] = []
+    values: list[list[float]] = []
+    for lineno, raw in enumerate(lines, start=1):
+        parts = raw.split()
+        if not parts:
+            continue
+        if len(parts) != 10:
+            report.skip(
+                f"{source}:{lineno}",
+                "malformed detection line",
+                f"expected image score and 8 coordinates: {raw.strip()!r}",
+            )
+            continue
+        try:
+            nums = [float(v) for v in parts[1:]]
+        except ValueError:
+            report.skip(f"{source}:{lineno}", "non-numeric detection value", repr(raw.strip()))
+            continue
+        if not all(math.isfinite(v) for v in nums):
+            report.skip(f"{source}:{lineno}", "non-finite detection value", repr(raw.strip()))
+            continue
+        ids.append(parts[0])
+        values.append(nums)
+    arr = np.asarray(values, dtype=np.float64).reshape(-1, 9)
+    return Task1Detections(np.asarray(ids, dtype=object), arr[:, 0].copy(), arr[:, 1:].reshape(-1, 4, 2).copy())
+
+
+def read_task1_dir(
+    det_dir: str | Path, classes: Sequence[str], report: SkipReport | None = None, prefix: str = "Task1_"
+) -> dict[str, Task1Detections]:
+    """Read ``det_dir/Task1_<class>.txt`` for every class in ``classes`` (missing file = no detections).
+
+    Files for classes outside ``classes`` are skipped with a warning.
+    """
+    det_dir = Path(det_dir)
+    if not det_dir.is_dir():
+        raise DatasetFormatError(f"{det_dir}: detection folder not found")
+    report = report if report is not None else SkipReport()
+    wanted = set(classes)
+    for path in sorted(det_dir.glob(f"{prefix}*.txt")):
+        name = path.stem[len(prefix) :]
+        if name not in wanted:
+            report.skip(str(path), "detection file of unknown class", name)
+    out = {}
+    for name in classes:
+        path = det_dir / f"{prefix}{name}.txt"
+        if path.is_file():
+            out[name] = parse_task1(path.read_text(encoding="utf-8").splitlines(), str(path), report)
+        else:
+            log.info("%s: no detections for class %s", path, name)
+            out[name] = Task1Detections()
+    return out
+
+
+def format_task1(dets: Task1Detections, decimals: int = 2) -> str:
+    """Text of one ``Task1_<class>.txt`` file (scores with 6 digits, coordinates with ``decimals``)."""
+    lines = []
+    for image_id, score, quad in zip(dets.image_ids, dets.scores, dets.polys.reshape(-1, 8)):
+        coords = " ".join(format_number(float(v), decimals) for v in quad)
+        lines.append(f"{image_id} {float(score):.6f} {coords}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def write_task1_dir(
+    out_dir: str | Path, dets_per_class: dict[str, Task1Detections], decimals: int = 2, prefix: str = "Task1_"
+) -> list[Path]:
+    """Write one ``Task1_<class>.txt`` per class (an empty file for classes without detections); returns paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for name, dets in dets_per_class.items():
+        path = out_dir / f"{prefix}{name}.txt"
+        atomic_write_text(path, format_task1(dets, decimals))
+        paths.append(path)
+    return paths
