@@ -1,9 +1,174 @@
-"""Sub-commands (placeholder until implemented)."""
+"""``lsknet train | eval | predict | demo``: run any task (classify, detect, segment) from a config or a checkpoint.
+
+Examples::
+
+    lsknet train aid_lsknet_t data.root=/data/AID model.checkpoint=lsk_t_backbone-2ef8a593.pth
+    lsknet train aid_lsknet_t data.root=/data/AID --print-config
+    lsknet train --resume runs/aid_lsknet_t/20240101-120000/checkpoints/last.ckpt
+    lsknet eval --checkpoint runs/.../checkpoints/best.ckpt data.root=/data/AID
+    lsknet predict --checkpoint best.ckpt images/ scene.jpg --out preds --topk 5
+    lsknet demo --out runs/demo --budget-minutes 3
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lsknet.config import apply_overrides, dump_config, load_config
+from lsknet.errors import ConfigError
+
+DEFAULT_DEMO_TASK = "classify"
+
+
+def _split_resume(overrides: list[str]) -> tuple[list[str], str | None]:
+    """``resume=PATH`` is accepted among the overrides as well as ``--resume PATH``."""
+    rest, resume = [], None
+    for item in overrides:
+        if item.startswith("resume="):
+            resume = item.split("=", 1)[1] or None
+        else:
+            rest.append(item)
+    return rest, resume
+
+
+def _apply_strict(cfg: dict[str, Any], strict: bool) -> dict[str, Any]:
+    if strict:
+        cfg.setdefault("data", {})["strict"] = True
+    return cfg
+
+
+def _accepted(function: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``function`` accepts (all of them if it takes ``**kwargs``)."""
+    parameters = inspect.signature(function).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return options
+    names = {p.name for p in parameters}
+    return {k: v for k, v in options.items() if k in names}
+
+
+def _print_summary(title: str, metrics: dict[str, Any]) -> None:
+    shown = ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if not isinstance(v, dict)
+    )
+    print(f"{title}: {shown}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lsknet.tasks import runner
+
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        args.overrides, args.config = [args.config, *args.overrides], None  # only overrides were given
+    overrides, resume = _split_resume(list(args.overrides))
+    resume = args.resume or resume
+    if args.config is None:
+        if resume is None:
+            raise ConfigError("give a config file or preset name (or --resume CKPT to continue a run)")
+        cfg = runner.checkpoint_config(resume)
+    else:
+        cfg = load_config(args.config)
+    cfg = _apply_strict(apply_overrides(cfg, overrides), args.strict)
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
+    result = runner.train(cfg, resume=resume)
+    if result.trainer is None or result.trainer.is_global_zero:
+        _print_summary("final validation (best checkpoint)", result.metrics.get("metrics", {}))
+        print(f"best checkpoint: {result.best_checkpoint}")
+        print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lsknet.tasks import runner
+
+    overrides = list(args.overrides) + (["data.strict=true"] if args.strict else [])
+    summary = runner.evaluate(args.checkpoint, overrides, out_dir=args.out, split=args.split)
+    _print_summary(f"{args.split} metrics", summary["metrics"])
+    print(f"results folder: {summary['out_dir']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lsknet.tasks import get_task, runner
+
+    module, _, cfg = runner.load_module(args.checkpoint, list(args.overrides), build_data=False)
+    options: dict[str, Any] = {}
+    if args.topk is not None:
+        options["topk"] = args.topk
+    if args.strict:
+        options["strict"] = True
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / str(cfg.get("name", cfg["task"])) / time.strftime("predict-%Y%m%d-%H%M%S")
+    )
+    predict = get_task(cfg["task"]).predict
+    result = predict(module, list(args.sources), out, **_accepted(predict, options))
+    for key, value in result.items():
+        if isinstance(value, (list, tuple)):
+            value = len(value)
+        print(f"{key}: {value}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lsknet.tasks import get_task
+
+    out = Path(args.out) if args.out else Path("runs") / f"demo_{args.task}" / time.strftime("%Y%m%d-%H%M%S")
+    options: dict[str, Any] = {"seed": args.seed, "overrides": list(args.overrides)}
+    if args.budget_minutes is not None:
+        options["budget_minutes"] = args.budget_minutes
+    print(f"lsknet demo ({args.task}): writing to {out}", file=sys.stderr, flush=True)
+    demo = get_task(args.task).demo
+    summary = demo(out, **_accepted(demo, options))
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value))
+        print(f"{key}: {value}")
+    print(f"demo finished; results in {out}")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's sub-commands."""
+    """Add ``train``, ``eval``, ``predict`` and ``demo``."""
+    overrides_help = "config overrides key.sub=value (values parsed as YAML), e.g. optim.lr=1e-3 trainer.max_epochs=5"
+
+    p = subparsers.add_parser("train", help="train a model from a config file or preset")
+    p.add_argument("config", nargs="?", help="preset name (e.g. aid_lsknet_t) or YAML file")
+    p.add_argument("overrides", nargs="*", help=overrides_help + "; resume=CKPT is accepted too")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint (e.g. .../last.ckpt)")
+    p.add_argument("--strict", action="store_true", help="unreadable images are errors instead of counted skips")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a trained checkpoint on its validation (or test) data")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="an lsknet training checkpoint (.ckpt)")
+    p.add_argument("overrides", nargs="*", help=overrides_help + " (e.g. data.root=... for other data)")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--out", metavar="DIR", help="folder for metrics and reports (default runs/<name>/eval-<time>)")
+    p.add_argument("--strict", action="store_true", help="unreadable images are errors instead of counted skips")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("predict", help="run a trained checkpoint on images or folders")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="an lsknet training checkpoint (.ckpt)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files or folders (searched recursively)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<name>/predict-<time>)")
+    p.add_argument("--topk", type=int, default=None, help="classification: how many classes per image (default 5)")
+    p.add_argument("--strict", action="store_true", help="unreadable images are errors instead of counted skips")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=overrides_help)
+    p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser("demo", help="generate data, train, evaluate and predict in a few minutes on CPU")
+    p.add_argument("--task", choices=("classify", "detect", "segment"), default=DEFAULT_DEMO_TASK)
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/demo_<task>/<time>)")
+    p.add_argument("--budget-minutes", type=float, default=None, help="approximate training time budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="overrides of the task's demo preset (e.g. trainer.max_epochs=2)")
+    p.set_defaults(func=cmd_demo)

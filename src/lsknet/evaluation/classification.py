@@ -157,9 +157,14 @@ def plot_confusion_matrix(
 
 
 def write_classification_report(
-    confusion: np.ndarray, classes: Sequence[str], out_dir: str | Path, prefix: str = "", extra: dict | None = None
+    confusion: np.ndarray,
+    classes: Sequence[str],
+    out_dir: str | Path,
+    prefix: str = "",
+    extra: dict | None = None,
+    plot: bool = True,
 ) -> dict[str, Any]:
-    """Write ``<prefix>confusion_matrix.csv``, ``<prefix>confusion_matrix.png`` and ``<prefix>metrics.json``.
+    """Write ``<prefix>confusion_matrix.csv``, ``<prefix>confusion_matrix.png`` (if ``plot``), ``<prefix>metrics.json``.
 
     Returns the summary dict (see :func:`summarize_confusion`) merged with ``extra`` and the file paths.
     """
@@ -169,8 +174,8 @@ def write_classification_report(
     summary["confusion_matrix_csv"] = str(
         write_confusion_csv(confusion, classes, out_dir / f"{prefix}confusion_matrix.csv")
     )
-    summary["confusion_matrix_png"] = str(
-        plot_confusion_matrix(confusion, classes, out_dir / f"{prefix}confusion_matrix.png")
-    )
+    if plot:
+        png_path = plot_confusion_matrix(confusion, classes, out_dir / f"{prefix}confusion_matrix.png")
+        summary["confusion_matrix_png"] = str(png_path)
     write_json(summary, out_dir / f"{prefix}metrics.json")
     return summary

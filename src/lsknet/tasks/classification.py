@@ -1,0 +1,460 @@
+"""Scene classification task: LightningModule, LightningDataModule, ``build``, ``predict``, ``demo``.
+
+Config sections used here (defaults in ``configs/classify.yaml``):
+
+- ``model``: ``name`` (``lsknet_t``/``lsknet_s`` or any timm model), ``checkpoint`` (backbone weights to fine-tune
+  from, any official layout; the classifier head is re-initialised for the new classes), ``drop_rate``,
+  ``drop_path_rate``.
+- ``data``: ``root`` (class-per-folder tree split by ``train_ratio`` with ``split_seed``) or ``train_root`` +
+  ``val_root`` (+ ``test_root``); ``classes`` (filled in from the folder names at build time and stored in the
+  checkpoint); ``image_size``, ``batch_size``, ``eval_batch_size``, ``num_workers``, ``strict``, ``verify``,
+  ``high_bit`` (16-bit scaling, see :mod:`lsknet.data.scene`), ``augment`` (see ``build_transforms``).
+- ``loss.label_smoothing``; ``optim`` (see :mod:`lsknet.tasks.optim`); ``trainer.monitor`` = ``val/acc``.
+
+Logged metrics: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` (top-1), ``val/acc_top5``,
+``val/mean_class_acc``; files (global rank 0, in the run folder): ``val_confusion_matrix.csv``/``.png``,
+``val_metrics.json`` with per-class accuracy (``test_`` prefix for the test split).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from lsknet.data.scene import (
+    SceneFolderDataset,
+    build_transforms,
+    find_classes,
+    is_image_file,
+    load_image,
+    scan_scene_folder,
+    stratified_split,
+)
+from lsknet.errors import ConfigError, DatasetFormatError, DataSkipWarning
+from lsknet.evaluation.classification import write_classification_report, write_json
+from lsknet.tasks.optim import build_optimization
+
+log = logging.getLogger(__name__)
+
+LSKNET_NAMES = ("lsknet_t", "lsknet_s")
+
+
+def build_classifier(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    """The network: ``lsknet.create_model`` for LSKNet names (loads ``checkpoint``), else ``timm.create_model``."""
+    name = str(model_cfg.get("name", "lsknet_t"))
+    kwargs = {
+        "num_classes": int(num_classes),
+        "drop_rate": float(model_cfg.get("drop_rate", 0.0)),
+        "drop_path_rate": float(model_cfg.get("drop_path_rate", 0.0)),
+    }
+    checkpoint = model_cfg.get("checkpoint")
+    if name in LSKNET_NAMES:
+        from lsknet.models.factory import create_model
+
+        return create_model(name, checkpoint=checkpoint, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except RuntimeError as err:  # timm: "Unknown model (...)"
+        raise ConfigError(f"model.name: {err}") from None
+    if checkpoint:
+        from lsknet.models.factory import load_checkpoint
+
+        load_checkpoint(model, checkpoint, strict=False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data
+
+
+class SceneDataModule(L.LightningDataModule):
+    """Train / val / test loaders over class-per-folder trees (see module docstring for the ``data`` keys)."""
+
+    def __init__(self, data_cfg: dict[str, Any], seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = dict(data_cfg)
+        self.seed = int(seed)
+        self.classes: list[str] = list(self.cfg["classes"])
+        self.datasets: dict[str, SceneFolderDataset] = {}
+        self.skipped: list[tuple[str, str]] = []
+
+    def _scan(self, root: str | Path):
+        samples, summary = scan_scene_folder(
+            root,
+            classes=self.classes,
+            verify=bool(self.cfg.get("verify", True)),
+            strict=bool(self.cfg.get("strict", False)),
+            high_bit=str(self.cfg.get("high_bit", "percentile")),
+        )
+        self.skipped.extend(summary.skipped)
+        return samples
+
+    def _dataset(self, samples, train: bool) -> SceneFolderDataset:
+        transform = build_transforms(int(self.cfg.get("image_size", 224)), train, self.cfg.get("augment"))
+        return SceneFolderDataset(samples, self.classes, transform, str(self.cfg.get("high_bit", "percentile")))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        cfg = self.cfg
+        if cfg.get("train_root") or cfg.get("val_root"):
+            if stage in (None, "fit") and cfg.get("train_root"):
+                self.datasets["train"] = self._dataset(self._scan(cfg["train_root"]), train=True)
+            if cfg.get("val_root"):
+                self.datasets["val"] = self._dataset(self._scan(cfg["val_root"]), train=False)
+        elif cfg.get("root"):
+            samples = self._scan(cfg["root"])
+            train_idx, val_idx = stratified_split(
+                [label for _, label in samples], float(cfg.get("train_ratio", 0.2)), int(cfg.get("split_seed", 0))
+            )
+            self.datasets["train"] = self._dataset([samples[i] for i in train_idx], train=True)
+            self.datasets["val"] = self._dataset([samples[i] for i in val_idx], train=False)
+        else:
+            raise ConfigError("data.root (or data.train_root / data.val_root) is not set")
+        if cfg.get("test_root") and stage in (None, "test"):
+            self.datasets["test"] = self._dataset(self._scan(cfg["test_root"]), train=False)
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.datasets.items())
+        note = f", {len(self.skipped)} unreadable image(s) skipped" if self.skipped else ""
+        log.info("scene data: %d classes; %s images%s", len(self.classes), sizes, note)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ConfigError(f"no {split} data configured (data.{split}_root or data.root)")
+        batch = int(
+            self.cfg.get("batch_size", 32)
+            if train
+            else self.cfg.get("eval_batch_size") or self.cfg.get("batch_size", 32)
+        )
+        workers = int(self.cfg.get("num_workers", 0))
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch,
+            shuffle=train,
+            drop_last=train and len(self.datasets[split]) > batch,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# module
+
+
+class SceneClassifier(L.LightningModule):
+    """Image -> class logits; cross-entropy with label smoothing; AdamW + warmup + cosine (``optim`` section)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.classes: list[str] = list(config["data"]["classes"])
+        num_classes = len(self.classes)
+        self.model = build_classifier(config.get("model") or {}, num_classes)
+        smoothing = float((config.get("loss") or {}).get("label_smoothing", 0.0))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.eval_metrics = nn.ModuleDict(
+            {
+                stage: MetricCollection(
+                    {
+                        "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                        "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+                        "mean_class_acc": MulticlassAccuracy(num_classes, top_k=1, average="macro"),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
+        self.confusion = nn.ModuleDict({stage: MulticlassConfusionMatrix(num_classes) for stage in ("val", "test")})
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes) for normalised images (N, 3, H, W)."""
+        return self.model(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = self.criterion(logits, targets)
+        self.train_acc(logits, targets)
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(targets)
+        )
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        images, targets = batch
+        logits = self(images)
+        loss = nn.functional.cross_entropy(logits, targets)
+        self.eval_metrics[stage].update(logits, targets)
+        self.confusion[stage].update(logits, targets)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(targets))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        values = self.eval_metrics[stage].compute()  # synchronised over processes by torchmetrics
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "acc")
+        confusion = self.confusion[stage].compute().cpu().numpy()
+        self.eval_metrics[stage].reset()
+        self.confusion[stage].reset()
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        extra = {
+            "split": stage,
+            "epoch": int(self.current_epoch),
+            "top1": float(values["acc"]),
+            "top5": float(values["acc_top5"]),
+        }
+        # The PNG is drawn outside of fitting only (final validation with the best checkpoint, eval): it is slow.
+        plot = trainer.state.fn != "fit"
+        write_classification_report(confusion, self.classes, trainer.default_root_dir, f"{stage}_", extra, plot=plot)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainer = self.trainer
+        total = max(1, int(trainer.estimated_stepping_batches))  # honours max_epochs, max_steps, limit_train_batches
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
+        batches = trainer.num_training_batches
+        steps_per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) and batches > 0 else total
+        max_epochs = max(1, math.ceil(total / steps_per_epoch))
+        return build_optimization(self.model, self.config.get("optim") or {}, steps_per_epoch, max_epochs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# task contract
+
+
+def build(cfg: dict[str, Any]) -> tuple[SceneClassifier, SceneDataModule]:
+    """Module + data module for ``cfg``. Fills ``cfg['data']['classes']`` from the data folders when unset."""
+    cfg = dict(cfg)
+    data_cfg = dict(cfg.get("data") or {})
+    if not data_cfg.get("classes"):
+        root = data_cfg.get("root") or data_cfg.get("train_root")
+        if not root:
+            raise ConfigError("data.root (or data.train_root) is not set: the folder of class sub-folders to train on")
+        data_cfg["classes"] = find_classes(root)
+    if len(data_cfg["classes"]) < 2:
+        raise DatasetFormatError(f"need at least 2 classes, found {data_cfg['classes']}")
+    cfg["data"] = data_cfg
+    return SceneClassifier(cfg), SceneDataModule(data_cfg, seed=int(cfg.get("seed", 0)))
+
+
+def _expand_sources(sources: list[str | Path]) -> list[Path]:
+    paths: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not found:
+                raise DatasetFormatError(f"{path}: no images found in this folder")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DatasetFormatError(f"{path}: no such file or folder")
+    return paths
+
+
+@torch.no_grad()
+def predict(
+    module: SceneClassifier,
+    sources: list[str | Path],
+    out_dir: Path,
+    topk: int = 5,
+    batch_size: int | None = None,
+    strict: bool | None = None,
+) -> dict[str, Any]:
+    """Classify images / folders of images; writes ``out_dir/predictions.csv``.
+
+    CSV columns: ``path, label_1, score_1, ..., label_k, score_k`` (softmax probabilities, best first).
+    Unreadable images are skipped with a :class:`DataSkipWarning` and counted (``strict``: error).
+    """
+    cfg = module.config
+    data_cfg = cfg.get("data") or {}
+    strict = bool(data_cfg.get("strict", False)) if strict is None else strict
+    high_bit = str(data_cfg.get("high_bit", "percentile"))
+    transform = build_transforms(int(data_cfg.get("image_size", 224)), train=False)
+    batch_size = int(batch_size or data_cfg.get("eval_batch_size") or data_cfg.get("batch_size") or 32)
+    topk = max(1, min(int(topk), len(module.classes)))
+    paths = _expand_sources(sources)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module.eval()
+    device = module.device
+    rows: list[list[Any]] = []
+    skipped: list[str] = []
+    batch_images: list[torch.Tensor] = []
+    batch_paths: list[Path] = []
+
+    def flush() -> None:
+        if not batch_images:
+            return
+        probs = module(torch.stack(batch_images).to(device)).float().softmax(dim=1).cpu()
+        scores, indices = probs.topk(topk, dim=1)
+        for path, score_row, index_row in zip(batch_paths, scores.tolist(), indices.tolist()):
+            row: list[Any] = [str(path)]
+            for score, index in zip(score_row, index_row):
+                row += [module.classes[index], f"{score:.6f}"]
+            rows.append(row)
+        batch_images.clear()
+        batch_paths.clear()
+
+    for path in paths:
+        try:
+            image = load_image(path, high_bit)
+        except DatasetFormatError as err:
+            if strict:
+                raise
+            warnings.warn(f"skipping unreadable image {path}: {err}", DataSkipWarning, stacklevel=2)
+            skipped.append(str(path))
+            continue
+        batch_images.append(transform(torch.from_numpy(image).permute(2, 0, 1)))
+        batch_paths.append(path)
+        if len(batch_images) == batch_size:
+            flush()
+    flush()
+    csv_path = out_dir / "predictions.csv"
+    temp = out_dir / ".predictions.csv.tmp"
+    with temp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", *(f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("label", "score"))])
+        writer.writerows(rows)
+    os.replace(temp, csv_path)
+    return {"predictions_csv": str(csv_path), "num_images": len(rows), "skipped": skipped}
+
+
+def read_predictions(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a ``predictions.csv`` as dicts (column name -> text)."""
+    with Path(path).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# demo
+
+
+def _estimate_epoch_seconds(cfg: dict[str, Any], n_train: int, n_val: int) -> float:
+    """Time a few training steps of the configured model on random data; seconds per training epoch."""
+    data_cfg = cfg["data"]
+    module = SceneClassifier(cfg)
+    module.train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    size, batch = int(data_cfg["image_size"]), int(data_cfg["batch_size"])
+    images = torch.randn(batch, 3, size, size)
+    targets = torch.randint(0, len(module.classes), (batch,))
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        loss = module.criterion(module(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    per_step = float(np.median(times[1:]))
+    return per_step * (n_train / batch) + per_step * 0.35 * (n_val / batch) + 0.5
+
+
+def demo(
+    out_dir: Path,
+    budget_minutes: float = 3.0,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Generate synthetic aerial scenes, train LSKNet-T on CPU within ``budget_minutes``, evaluate, predict.
+
+    Writes into ``out_dir``: ``data/`` (generated train/val set), ``test_images/`` (a fresh set from another seed),
+    ``train/`` (the run folder: checkpoints, logs, confusion matrix), ``predictions.csv`` and ``metrics.json``.
+    """
+    from lsknet.config import apply_overrides, load_config
+    from lsknet.data.synthetic_scenes import SCENE_CLASSES, generate_scene_dataset
+    from lsknet.tasks import runner
+
+    out_dir = Path(out_dir)
+    cfg = apply_overrides(load_config("demo_classify"), list(overrides or []))
+    demo_cfg = cfg.pop("demo", {}) or {}
+    per_class, size = int(demo_cfg.get("per_class", 60)), int(demo_cfg.get("image_size", 64))
+    data_root = generate_scene_dataset(out_dir / "data", per_class=per_class, size=size, seed=seed)
+    test_root = generate_scene_dataset(
+        out_dir / "test_images", per_class=int(demo_cfg.get("test_per_class", 10)), size=size, seed=seed + 1000
+    )
+    cfg["seed"] = seed
+    cfg["run_dir"] = str(out_dir / "train")
+    cfg["data"]["root"] = str(data_root)
+    cfg["data"]["classes"] = sorted(SCENE_CLASSES)
+    n_total = per_class * len(SCENE_CLASSES)
+    n_train = int(round(per_class * float(cfg["data"].get("train_ratio", 0.8)))) * len(SCENE_CLASSES)
+    epoch_seconds = _estimate_epoch_seconds(cfg, n_train, n_total - n_train)
+    budget_seconds = max(0.2, float(budget_minutes)) * 60.0 * 0.85
+    max_epochs = int(cfg["trainer"].get("max_epochs") or 30)
+    epochs = int(min(max_epochs, max(int(demo_cfg.get("min_epochs", 3)), budget_seconds // epoch_seconds)))
+    cfg["trainer"]["max_epochs"] = epochs
+    cfg["trainer"]["max_time"] = {"seconds": int(float(budget_minutes) * 60 * 1.5) + 30}  # hard stop, generous
+    log.info("demo: ~%.1f s per epoch on this machine -> %d epochs", epoch_seconds, epochs)
+    start = time.perf_counter()
+    result = runner.train(cfg)
+    module = result.module
+    assert module is not None
+    module.to("cpu")
+    prediction = predict(module, [test_root], out_dir, topk=3)
+    rows = read_predictions(prediction["predictions_csv"])
+    correct = sum(Path(row["path"]).parent.name == row["label_1"] for row in rows)
+    test_accuracy = correct / max(1, len(rows))
+    val = result.metrics.get("metrics", {})
+    summary = {
+        "out_dir": str(out_dir),
+        "run_dir": str(result.run_dir),
+        "classes": sorted(SCENE_CLASSES),
+        "chance_accuracy": 1.0 / len(SCENE_CLASSES),
+        "val_accuracy": val.get("val/acc"),
+        "val_top5": val.get("val/acc_top5"),
+        "test_accuracy": test_accuracy,
+        "num_test_images": len(rows),
+        "epochs": epochs,
+        "image_size": size,
+        "train_images": n_train,
+        "seconds": round(time.perf_counter() - start, 1),
+        "best_checkpoint": result.best_checkpoint,
+        "confusion_matrix_png": str(Path(result.run_dir) / "val_confusion_matrix.png"),
+        "predictions_csv": prediction["predictions_csv"],
+    }
+    write_json(summary, out_dir / "metrics.json")
+    summary["metrics_json"] = str(out_dir / "metrics.json")
+    return summary

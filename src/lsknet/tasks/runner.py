@@ -1,0 +1,379 @@
+"""Training / evaluation runs for every task: a Lightning ``Trainer`` built from a config, run folders, final metrics.
+
+One run = one folder (printed at the start and at the end)::
+
+    <run_dir>/config.yaml            the full resolved configuration
+    <run_dir>/checkpoints/best.ckpt  best by ``trainer.monitor`` (``trainer.mode`` max|min)
+    <run_dir>/checkpoints/last.ckpt  end of the latest epoch (what ``--resume`` continues from)
+    <run_dir>/logs/csv/metrics.csv   CSVLogger;  <run_dir>/logs/tensorboard/  TensorBoardLogger
+    <run_dir>/metrics.json           final metrics: a validation pass with the best checkpoint
+    ... plus the task's own files (classification: val_confusion_matrix.{csv,png}, val_metrics.json)
+
+The ``trainer`` section is passed to :class:`lightning.pytorch.Trainer` except these runner keys:
+``monitor`` (metric name, e.g. ``val/acc``), ``mode`` (``max``/``min``), ``save_top_k`` (default 1),
+``progress_refresh_rate`` (default 10), ``tensorboard`` (default true). A top-level ``ema`` section enables
+:class:`lsknet.tasks.ema.EMACallback`. Unknown trainer keys are a :class:`~lsknet.errors.ConfigError`.
+
+Multi-process (DDP): set ``trainer.strategy=ddp trainer.devices=N [trainer.num_nodes=M]``. Either let Lightning
+start the N processes itself (``lsknet train CFG trainer.strategy=ddp trainer.devices=2``), or start them with
+``torchrun`` (Lightning detects the torchelastic environment)::
+
+    torchrun --standalone --nproc_per_node 2 -m lsknet.cli.main train CFG trainer.strategy=ddp trainer.devices=2
+    # node k of 2 (same command on each node, k = 0, 1; same --rdzv-id so all ranks agree on the run folder):
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29400 --rdzv-id job42 \
+        -m lsknet.cli.main train CFG trainer.strategy=ddp trainer.devices=4 trainer.num_nodes=2
+
+Under torchrun, ``devices``/``num_nodes``/``strategy`` left at ``auto`` are filled in from the environment.
+All processes must agree on the run folder: it is ``run_dir`` when set, else ``runs/<name>/<launch id>`` where the
+launch id is the torchrun rendezvous id or the SLURM job id (a multi-process launch without either needs
+``run_dir=PATH``).
+
+The task (see :mod:`lsknet.tasks`) writes its own files into ``trainer.default_root_dir`` (= the run folder) on
+global rank 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lsknet.config import apply_overrides, dump_config
+from lsknet.errors import CheckpointError, ConfigError
+from lsknet.evaluation.classification import write_json
+from lsknet.tasks import get_task
+from lsknet.tasks.ema import EMACallback
+
+log = logging.getLogger(__name__)
+
+RUNNER_KEYS = ("monitor", "mode", "save_top_k", "progress_refresh_rate", "tensorboard")
+_RUN_DIR_ENV = "LSKNET_RUN_DIR"  # "<pid>:<path>": passed to the processes Lightning's DDP launcher starts
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns (on every process of a multi-process run)."""
+
+    run_dir: Path
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    metrics: dict[str, Any]
+    module: L.LightningModule | None = field(default=None, repr=False)
+    trainer: L.Trainer | None = field(default=None, repr=False)
+
+
+class _ProgressBar(TQDMProgressBar):
+    """The TQDM bar without Lightning's ``v_num`` (our loggers use fixed version names)."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+def _say(message: str) -> None:
+    """Print a line on global rank 0 only (stderr, so stdout stays clean for --print-config and pipes)."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    if all((os.environ.get(name) or "0") == "0" for name in ranks):
+        print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# run folders
+
+
+def resolve_run_dir(cfg: dict[str, Any], kind: str = "") -> Path:
+    """The run folder, identical on every process of a launch (see module docstring). ``kind`` prefixes the stamp."""
+    if cfg.get("run_dir"):
+        return Path(cfg["run_dir"])
+    inherited = os.environ.get(_RUN_DIR_ENV, "")
+    if inherited:
+        pid, _, path = inherited.partition(":")
+        if pid != str(os.getpid()):  # we were started by Lightning's launcher from the process that chose it
+            return Path(path)
+    name = str(cfg.get("name") or cfg.get("task") or "run")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    if world > 1 or slurm_tasks > 1:
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+        if run_id and run_id != "none":
+            stamp = f"torchrun-{run_id[:12]}"
+        elif os.environ.get("SLURM_JOB_ID"):
+            stamp = f"slurm-{os.environ['SLURM_JOB_ID']}"
+        else:
+            raise ConfigError(
+                "multi-process launch without a shared launch id (torchrun --rdzv-id or SLURM): "
+                "pass run_dir=PATH, the same for every process"
+            )
+        path = Path("runs") / name / f"{kind}{stamp}"
+    else:
+        base = Path("runs") / name / f"{kind}{time.strftime('%Y%m%d-%H%M%S')}"
+        path, n = base, 1
+        while path.exists():
+            path, n = Path(f"{base}-{n}"), n + 1
+    os.environ[_RUN_DIR_ENV] = f"{os.getpid()}:{path}"
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# trainer
+
+
+def _torchelastic_defaults(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``devices``/``num_nodes``/``strategy`` left at auto from a torchrun environment."""
+    out = dict(trainer_cfg)
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    world = os.environ.get("WORLD_SIZE")
+    if not (os.environ.get("TORCHELASTIC_RUN_ID") and local and world):
+        return out
+    local_n, world_n = int(local), int(world)
+    if out.get("devices") in (None, "auto"):
+        out["devices"] = local_n
+    if out.get("num_nodes") in (None, "auto", 1) and world_n > local_n:
+        out["num_nodes"] = world_n // local_n
+    if out.get("strategy") in (None, "auto") and world_n > 1:
+        out["strategy"] = "ddp"
+    return out
+
+
+def trainer_kwargs(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``trainer`` section minus runner keys and nulls, checked against ``Trainer``'s arguments."""
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    kwargs = {}
+    for key, value in _torchelastic_defaults(trainer_cfg).items():
+        if key in RUNNER_KEYS or value is None:
+            continue
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown trainer option trainer.{key}; Lightning Trainer accepts: {', '.join(sorted(allowed))}"
+            )
+        kwargs[key] = value
+    return kwargs
+
+
+def build_trainer(
+    cfg: dict[str, Any], run_dir: Path, training: bool = True, extra_callbacks: list[Callback] | None = None
+) -> L.Trainer:
+    """A Trainer for ``cfg`` writing into ``run_dir``.
+
+    ``training``: checkpoints (best + last), EMA (if enabled), learning-rate monitor, CSV + TensorBoard loggers.
+    Otherwise (evaluation): only the progress bar and a CSV logger.
+    """
+    trainer_cfg = dict(cfg.get("trainer") or {})
+    kwargs = trainer_kwargs(trainer_cfg)
+    callbacks: list[Callback] = list(extra_callbacks or [])
+    if kwargs.get("enable_progress_bar", True):
+        callbacks.append(_ProgressBar(refresh_rate=int(trainer_cfg.get("progress_refresh_rate") or 10)))
+    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="csv" if training else "eval_csv")]
+    if training:
+        monitor = trainer_cfg.get("monitor")
+        mode = str(trainer_cfg.get("mode") or "max")
+        if mode not in ("max", "min"):
+            raise ConfigError(f"trainer.mode must be max or min, got {mode!r}")
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor=monitor,
+                mode=mode,
+                save_top_k=int(trainer_cfg.get("save_top_k", 1)) if monitor else 0,
+                save_last=True,
+                auto_insert_metric_name=False,
+            )
+        )
+        ema = EMACallback.from_config(cfg.get("ema"))
+        if ema is not None:
+            callbacks.append(ema)
+        if trainer_cfg.get("tensorboard", True):
+            loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False))
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    else:
+        kwargs["max_epochs"] = kwargs.get("max_epochs", 1)
+    kwargs.setdefault("enable_model_summary", training)
+    try:
+        return L.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers, **kwargs)
+    except (ValueError, TypeError) as err:  # Lightning's own argument checks (e.g. devices=3 on a 2-GPU box)
+        raise ConfigError(f"bad trainer settings: {err}") from None
+    except Exception as err:
+        if type(err).__name__ == "MisconfigurationException":
+            raise ConfigError(f"bad trainer settings: {err}") from None
+        raise
+
+
+def _save_config(cfg: dict[str, Any], run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    temp = run_dir / ".config.yaml.tmp"
+    temp.write_text(dump_config(cfg))
+    os.replace(temp, run_dir / "config.yaml")
+
+
+def _is_global_zero(trainer: L.Trainer) -> bool:
+    return bool(trainer.is_global_zero)
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` a Lightning checkpoint safely (``weights_only=True``); CheckpointError if missing/unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {str(err).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def checkpoint_config(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run configuration stored in an lsknet training checkpoint (``hyper_parameters.config``)."""
+    checkpoint = checkpoint if checkpoint is not None else read_lightning_checkpoint(path)
+    cfg = (checkpoint.get("hyper_parameters") or {}).get("config")
+    if not isinstance(cfg, dict) or "task" not in cfg:
+        raise CheckpointError(
+            f"{path}: not an lsknet training checkpoint (no stored config); "
+            "to start from backbone weights use model.checkpoint=PATH in a training config"
+        )
+    return cfg
+
+
+def check_state_dict_fits(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """CheckpointError naming missing / unexpected / mis-shaped keys (e.g. an lsknet_s checkpoint for lsknet_t)."""
+    target = module.state_dict()
+    mismatched = [
+        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
+        for k, v in state_dict.items()
+        if k in target and tuple(v.shape) != tuple(target[k].shape)
+    ]
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched[:3])}")
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:4])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:4])}")
+    if problems:
+        name = getattr(module, "config", {}).get("model", {}).get("name", type(module).__name__)
+        raise CheckpointError(f"{source}: does not fit model {name} (wrong variant or task?): " + "; ".join(problems))
+
+
+def load_module(
+    checkpoint_path: str | Path, overrides: list[str] | None = None, build_data: bool = True
+) -> tuple[L.LightningModule, L.LightningDataModule | None, dict[str, Any]]:
+    """Rebuild a task's module (+ data module) from an lsknet checkpoint, apply ``overrides``, load the weights.
+
+    The checkpoint's ``state_dict`` holds the EMA weights when EMA was enabled. Returns (module, datamodule, cfg).
+    """
+    checkpoint = read_lightning_checkpoint(checkpoint_path)
+    cfg = apply_overrides(checkpoint_config(checkpoint_path, checkpoint), list(overrides or []))
+    module, datamodule = get_task(cfg["task"]).build(cfg)
+    state_dict = checkpoint["state_dict"]
+    check_state_dict_fits(module, state_dict, str(checkpoint_path))
+    module.load_state_dict(state_dict)
+    module.eval()
+    return module, (datamodule if build_data else None), cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# runs
+
+
+def train(cfg: dict[str, Any], resume: str | Path | None = None) -> RunResult:
+    """Fit the task described by ``cfg`` (optionally resuming a ``last.ckpt``), then validate the best checkpoint.
+
+    Writes the run folder described in the module docstring and returns a :class:`RunResult`.
+    """
+    if resume is not None:
+        stored = checkpoint_config(resume)  # validates the file before any work
+        if stored.get("task") != cfg.get("task"):
+            raise CheckpointError(
+                f"{resume}: a {stored.get('task')!r} checkpoint cannot resume a {cfg.get('task')!r} run"
+            )
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
+    task = get_task(cfg["task"])
+    run_dir = resolve_run_dir(cfg)
+    module, datamodule = task.build(cfg)
+    if resume is not None:
+        check_state_dict_fits(module, read_lightning_checkpoint(resume)["state_dict"], str(resume))
+    trainer = build_trainer(cfg, run_dir, training=True)
+    if trainer.is_global_zero:
+        _save_config(getattr(module, "config", cfg), run_dir)
+    _say(f"lsknet: run folder {run_dir}")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    train_seconds = time.perf_counter() - start
+    checkpoint_cb = trainer.checkpoint_callback
+    best = checkpoint_cb.best_model_path if isinstance(checkpoint_cb, ModelCheckpoint) else ""
+    last = checkpoint_cb.last_model_path if isinstance(checkpoint_cb, ModelCheckpoint) else ""
+    metrics: dict[str, Any] = {}
+    if getattr(trainer, "interrupted", False):
+        _say("lsknet: training interrupted; skipping the final validation")
+    elif best:
+        results = trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
+        metrics = _plain(results[0]) if results else {}
+    else:
+        metrics = _plain(trainer.callback_metrics)
+    summary = {
+        "run_dir": str(run_dir),
+        "task": cfg["task"],
+        "monitor": (cfg.get("trainer") or {}).get("monitor"),
+        "best_score": float(checkpoint_cb.best_model_score)
+        if isinstance(checkpoint_cb, ModelCheckpoint) and checkpoint_cb.best_model_score is not None
+        else None,
+        "best_checkpoint": best or None,
+        "last_checkpoint": last or None,
+        "epochs": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "world_size": int(trainer.world_size),
+        "train_seconds": round(train_seconds, 2),
+        "metrics": metrics,
+    }
+    if trainer.is_global_zero:
+        write_json(summary, run_dir / "metrics.json")
+    _say(f"lsknet: finished; metrics in {run_dir / 'metrics.json'}")
+    return RunResult(run_dir, best or None, last or None, summary, module, trainer)
+
+
+def evaluate(
+    checkpoint_path: str | Path,
+    overrides: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    split: str = "val",
+) -> dict[str, Any]:
+    """Validate (``split="val"``) or test a checkpoint; writes the task's report files and ``metrics.json``."""
+    module, datamodule, cfg = load_module(checkpoint_path, overrides)
+    out = Path(out_dir) if out_dir else resolve_run_dir(cfg, kind="eval-")
+    trainer = build_trainer(cfg, out, training=False)
+    if trainer.is_global_zero:
+        _save_config(cfg, out)
+    if split == "val":
+        results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    elif split == "test":
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+    else:
+        raise ConfigError(f"unknown split {split!r}; expected val or test")
+    summary = {"checkpoint": str(checkpoint_path), "split": split, "out_dir": str(out)}
+    summary["metrics"] = _plain(results[0]) if results else {}
+    if trainer.is_global_zero:
+        write_json(summary, out / "metrics.json")
+    return summary
