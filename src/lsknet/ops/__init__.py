@@ -1,1 +1,33 @@
-"""ops layer (see DESIGN)."""
+"""Pure-PyTorch rotated-box ops: conventions, exact IoU/IoF, rotated NMS, RoIAlignRotated, box coders.
+
+Rotated boxes are ``(cx, cy, w, h, theta)``: pixels, radians, theta turning the width axis towards +y
+(clockwise on screen), regularized to ``le90`` unless stated otherwise. Polygons are ``(N, 4, 2)`` corners.
+Everything is tensor code that runs on the input's device; ``ops`` imports nothing else from lsknet.
+"""
+
+from lsknet.ops.boxes import (
+    ANGLE_VERSIONS,
+    hbox_to_rbox,
+    poly_to_rbox,
+    rbox_to_corners,
+    rbox_to_hbox,
+    rbox_to_tv_boxes,
+    regularize_rbox,
+    tv_boxes_to_rbox,
+)
+from lsknet.ops.iou import poly_iof, poly_iou, rbox_iof, rbox_iou
+
+__all__ = [
+    "ANGLE_VERSIONS",
+    "hbox_to_rbox",
+    "poly_iof",
+    "poly_iou",
+    "poly_to_rbox",
+    "rbox_iof",
+    "rbox_iou",
+    "rbox_to_corners",
+    "rbox_to_hbox",
+    "rbox_to_tv_boxes",
+    "regularize_rbox",
+    "tv_boxes_to_rbox",
+]
