@@ -16,10 +16,12 @@ from lsknet.ops.boxes import (
     tv_boxes_to_rbox,
 )
 from lsknet.ops.iou import poly_iof, poly_iou, rbox_iof, rbox_iou
+from lsknet.ops.nms import nms_rotated
 
 __all__ = [
     "ANGLE_VERSIONS",
     "hbox_to_rbox",
+    "nms_rotated",
     "poly_iof",
     "poly_iou",
     "poly_to_rbox",
