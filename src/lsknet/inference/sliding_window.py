@@ -1,0 +1,293 @@
+"""Sliding-window segmentation of images of any size with bounded memory.
+
+Windows of ``window`` pixels are laid out with ``stride = window - overlap`` (the last row/column aligned to the
+border, :func:`lsknet.data.segmentation.tile_windows`). Each window's softmax probabilities (averaged over the
+test-time augmentations: ``flip`` = identity + horizontal + vertical flip, ``d4`` = the 8 rotations/reflections)
+are multiplied by a blending weight (``gaussian``: separable Gaussian, sigma = window / 4, highest in the window
+centre; ``uniform``: 1) and accumulated; the class of a pixel is the argmax of its accumulated probabilities.
+
+Memory: the image is processed one row of windows at a time. Only the rows still covered by an unprocessed window
+are held as per-class float maps (``K x window x W`` floats); finished rows are handed to a sink as uint8 labels and
+dropped. With a GeoTIFF source (windowed reads) and a GeoTIFF sink nothing of size ``H x W x K`` or ``H x W x C``
+is ever allocated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lsknet.data.segmentation import IMAGENET_MEAN, IMAGENET_STD, colorize, read_image, tile_windows
+from lsknet.errors import ConfigError, DatasetFormatError
+
+_log = logging.getLogger(__name__)
+
+TTA_MODES = ("none", "flip", "d4")
+
+
+class RasterSource(Protocol):
+    """Anything with ``shape`` ``(H, W)`` and ``read(y, x, h, w) -> (h, w, C)``."""
+
+    shape: tuple[int, int]
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray: ...
+
+
+class ArraySource:
+    """An in-memory ``(H, W, C)`` (or ``(H, W)``) image as a :class:`RasterSource`."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image if image.ndim == 3 else image[..., None]
+        self.shape = self.image.shape[:2]
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        return self.image[y : y + h, x : x + w]
+
+
+def blend_weights(h: int, w: int, mode: str = "gaussian") -> Tensor:
+    """``(h, w)`` float32 blending weights: separable Gaussian (sigma = size / 4, max 1) or all ones."""
+    if mode == "uniform":
+        return torch.ones(h, w)
+    if mode != "gaussian":
+        raise ConfigError(f"unknown blending {mode!r}; expected gaussian or uniform")
+
+    def g(n: int) -> Tensor:
+        c = (n - 1) / 2.0
+        t = (torch.arange(n, dtype=torch.float32) - c) / max(n / 4.0, 1e-6)
+        return torch.exp(-0.5 * t * t)
+
+    return (g(h)[:, None] * g(w)[None, :]).clamp_min(1e-3)
+
+
+def _tta_transforms(mode: str) -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
+    """(forward, inverse) pairs acting on the last two dims."""
+    ident = (lambda t: t, lambda t: t)
+    if mode in (None, "none"):
+        return [ident]
+    hflip = (lambda t: t.flip(-1), lambda t: t.flip(-1))
+    vflip = (lambda t: t.flip(-2), lambda t: t.flip(-2))
+    if mode == "flip":
+        return [ident, hflip, vflip]
+    if mode == "d4":
+        out = []
+        for k in range(4):
+            out.append((lambda t, k=k: t.rot90(k, (-2, -1)), lambda t, k=k: t.rot90(-k, (-2, -1))))
+            out.append((lambda t, k=k: t.rot90(k, (-2, -1)).flip(-1), lambda t, k=k: t.flip(-1).rot90(-k, (-2, -1))))
+        return out
+    raise ConfigError(f"unknown test-time augmentation {mode!r}; expected one of {', '.join(TTA_MODES)}")
+
+
+class SlidingWindowSegmenter:
+    """Run a segmentation model (images ``(B, C, h, w)`` -> logits ``(B, K, h, w)``) over large images.
+
+    ``window`` and ``overlap`` are in pixels (``overlap`` < ``window``; a float in (0, 1) is a fraction of the window).
+    ``input_scale``: pixel values are divided by it before mean/std normalisation (255 for 8-bit imagery).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        window: int = 512,
+        overlap: float = 0.25,
+        batch_size: int = 4,
+        tta: str | None = "none",
+        blend: str = "gaussian",
+        device: str | torch.device | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        input_scale: float = 255.0,
+        progress: bool = False,
+    ) -> None:
+        self.model = model.eval()
+        self.window = int(window)
+        ov = overlap * window if 0 < overlap < 1 else overlap
+        self.stride = int(window - round(ov))
+        if self.window <= 0 or not 0 < self.stride <= self.window:
+            raise ConfigError(f"need 0 <= overlap < window, got window {window}, overlap {overlap}")
+        self.batch_size = max(1, int(batch_size))
+        self.transforms = _tta_transforms(tta or "none")
+        self.blend = blend
+        blend_weights(2, 2, blend)  # validate early
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.input_scale = float(input_scale)
+        self.progress = progress
+
+    # ----------------------------------------------------------------------------------------------- model calls
+    def _normalize(self, tiles: list[np.ndarray]) -> Tensor:
+        x = torch.from_numpy(np.stack(tiles).astype(np.float32)).permute(0, 3, 1, 2) / self.input_scale
+        c = x.shape[1]
+        mean = self.mean.repeat(math.ceil(c / len(self.mean)))[:c].view(1, c, 1, 1)
+        std = self.std.repeat(math.ceil(c / len(self.std)))[:c].view(1, c, 1, 1)
+        return ((x - mean) / std).to(self.device)
+
+    @torch.inference_mode()
+    def probabilities(self, tiles: list[np.ndarray]) -> Tensor:
+        """Softmax probabilities ``(B, K, h, w)`` (CPU float32) of equally sized ``(h, w, C)`` tiles, TTA-averaged."""
+        x = self._normalize(tiles)
+        acc = None
+        for fwd, inv in self.transforms:
+            p = inv(self.model(fwd(x)).float().softmax(1))
+            acc = p if acc is None else acc + p
+        return (acc / len(self.transforms)).cpu()
+
+    # ----------------------------------------------------------------------------------------------- strips
+    def run(
+        self,
+        source: RasterSource,
+        sink: Callable[[int, np.ndarray, np.ndarray], None],
+        nodata: Callable[[int, int, int, int], np.ndarray | None] | None = None,
+    ) -> None:
+        """Segment ``source``; ``sink(y0, labels, confidence)`` receives finished rows in order (``labels`` uint8
+        ``(n, W)``, ``confidence`` = blended max probability, float16 ``(n, W)``). ``nodata(y, x, h, w)`` may return a
+        bool mask of pixels to label 255."""
+        height, width = source.shape
+        windows = tile_windows(height, width, self.window, self.stride)
+        row_starts = sorted({y for y, _, _, _ in windows})
+        total = len(windows)
+        bar = _progress(total, self.progress)
+        base = 0  # first row held in the accumulators
+        acc: Tensor | None = None  # (K, rows, W)
+        wsum = torch.zeros(0, width)
+        for r, y0 in enumerate(row_starts):
+            row = [win for win in windows if win[0] == y0]
+            h = row[0][2]
+            need = y0 + h - base  # rows the accumulators must cover
+            weights = blend_weights(h, row[0][3], self.blend)
+            for i in range(0, len(row), self.batch_size):
+                batch = row[i : i + self.batch_size]
+                probs = self.probabilities([source.read(y, x, hh, ww) for y, x, hh, ww in batch])
+                if acc is None:
+                    acc = torch.zeros(probs.shape[1], 0, width)
+                if acc.shape[1] < need:
+                    acc = torch.cat([acc, torch.zeros(acc.shape[0], need - acc.shape[1], width)], 1)
+                    wsum = torch.cat([wsum, torch.zeros(need - wsum.shape[0], width)], 0)
+                for (y, x, hh, ww), p in zip(batch, probs):
+                    acc[:, y - base : y - base + hh, x : x + ww] += p * weights
+                    wsum[y - base : y - base + hh, x : x + ww] += weights
+                bar.update(len(batch))
+            done = row_starts[r + 1] if r + 1 < len(row_starts) else height
+            n = done - base
+            assert acc is not None
+            conf, labels = acc[:, :n].max(0)
+            labels = labels.to(torch.uint8).numpy()
+            conf = (conf / wsum[:n]).to(torch.float16).numpy()
+            if nodata is not None:
+                mask = nodata(base, 0, n, width)
+                if mask is not None:
+                    labels[mask] = 255
+            sink(base, labels, conf)
+            acc, wsum, base = acc[:, n:].clone(), wsum[n:].clone(), done
+        bar.close()
+
+    def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """In-memory image ``(H, W, C)`` -> (labels uint8 ``(H, W)``, confidence float16 ``(H, W)``)."""
+        labels = np.zeros(image.shape[:2], dtype=np.uint8)
+        conf = np.zeros(image.shape[:2], dtype=np.float16)
+
+        def sink(y: int, lab: np.ndarray, c: np.ndarray) -> None:
+            labels[y : y + len(lab)] = lab
+            conf[y : y + len(lab)] = c
+
+        self.run(ArraySource(image), sink)
+        return labels, conf
+
+
+def segment_file(
+    segmenter: SlidingWindowSegmenter,
+    path: str | Path,
+    out_dir: str | Path,
+    palette: Sequence[Sequence[int]],
+    outputs: Sequence[str] = ("index", "color", "overlay", "geotiff"),
+    overlay_alpha: float = 0.5,
+) -> dict[str, str]:
+    """Segment one image file and write the requested outputs into ``out_dir`` (named after the file stem):
+    ``<stem>.png`` (class indices), ``<stem>_color.png``, ``<stem>_overlay.png`` and, for a georeferenced TIFF input,
+    ``<stem>.tif`` (class-index GeoTIFF with the input's CRS/transform, palette colour table, nodata 255).
+
+    A GeoTIFF is read window by window and the GeoTIFF written strip by strip; the PNG outputs need the full
+    ``H x W`` label map (1 byte per pixel; the colour and overlay images 3 bytes per pixel).
+    """
+    from PIL import Image
+
+    from lsknet.inference.geotiff import GeoTiffLabelWriter, GeoTiffSource, is_georeferenced
+
+    path, out_dir = Path(path), Path(out_dir)
+    if not path.is_file():
+        raise DatasetFormatError(f"image not found: {path}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = path.stem
+    written: dict[str, str] = {}
+    want_png = any(o in outputs for o in ("index", "color", "overlay"))
+    if is_georeferenced(path):
+        with GeoTiffSource(path) as src:
+            if src.dtype != np.uint8 and segmenter.input_scale == 255.0:
+                _log.warning(
+                    "%s: %s pixels divided by input_scale=255; set input_scale for this sensor", path, src.dtype
+                )
+            labels = np.zeros(src.shape, dtype=np.uint8) if want_png else None
+            writer = GeoTiffLabelWriter(out_dir / f"{stem}.tif", src.profile, palette) if "geotiff" in outputs else None
+
+            def sink(y: int, lab: np.ndarray, _c: np.ndarray) -> None:
+                if writer is not None:
+                    writer.write_rows(y, lab)
+                if labels is not None:
+                    labels[y : y + len(lab)] = lab
+
+            segmenter.run(src, sink, nodata=src.nodata_mask)
+            if writer is not None:
+                written["geotiff"] = str(writer.close())
+            image = src.read(0, 0, *src.shape) if "overlay" in outputs else None
+    else:
+        image = read_image(path)
+        labels, _ = segmenter.predict(image)
+    if labels is not None:
+        if "index" in outputs:
+            Image.fromarray(labels).save(out_dir / f"{stem}.png")
+            written["index"] = str(out_dir / f"{stem}.png")
+        color = colorize(labels, palette)
+        if "color" in outputs:
+            Image.fromarray(color).save(out_dir / f"{stem}_color.png")
+            written["color"] = str(out_dir / f"{stem}_color.png")
+        if "overlay" in outputs and image is not None:
+            rgb = _to_rgb8(image)
+            mix = (rgb.astype(np.float32) * (1 - overlay_alpha) + color.astype(np.float32) * overlay_alpha).astype(
+                np.uint8
+            )
+            mix[labels == 255] = rgb[labels == 255]
+            Image.fromarray(mix).save(out_dir / f"{stem}_overlay.png")
+            written["overlay"] = str(out_dir / f"{stem}_overlay.png")
+    return written
+
+
+def _to_rgb8(image: np.ndarray) -> np.ndarray:
+    if image.dtype != np.uint8:
+        hi = float(np.percentile(image, 99)) or 1.0
+        image = np.clip(image.astype(np.float32) / hi * 255, 0, 255).astype(np.uint8)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, -1)
+    return image[..., :3]
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return _NoBar()
+    return tqdm(total=total, unit="win", desc="sliding window", leave=False)
