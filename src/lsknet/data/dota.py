@@ -196,6 +196,7 @@ def parse_labeltxt(
     polys: list[list[float]] = []
     names: list[str] = []
     diffs: list[int] = []
+    where: list[tuple[int, str]] = []
     for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line:
@@ -233,24 +234,40 @@ def parse_labeltxt(
         if known is not None and name not in known:
             report.skip(f"{source}:{lineno}", "unknown class", name)
             continue
-        quad = np.asarray(coords, dtype=np.float64).reshape(4, 2)
-        area = float(polygon_signed_area(quad))
-        if abs(area) < min_area:
-            report.skip(f"{source}:{lineno}", "zero-area polygon", repr(line))
-            continue
-        if quads_self_intersect(quad)[0]:
-            report.skip(f"{source}:{lineno}", "self-intersecting polygon", repr(line))
-            continue
-        if image_size is not None:
-            h, w = image_size
-            if quad[:, 0].max() <= 0 or quad[:, 1].max() <= 0 or quad[:, 0].min() >= w or quad[:, 1].min() >= h:
-                report.skip(f"{source}:{lineno}", "polygon outside the image", f"image {w}x{h}: {line!r}")
-                continue
-        if area < 0:  # counter-clockwise on screen: keep the first corner, reverse the turning direction
-            quad = quad[[0, 3, 2, 1]]
-        polys.append(quad.reshape(-1).tolist())
+        polys.append(coords)
         names.append(name)
         diffs.append(difficult)
+        where.append((lineno, line))
+    quads = np.asarray(polys, dtype=np.float64).reshape(-1, 4, 2)
+    areas = polygon_signed_area(quads)
+    bowtie = quads_self_intersect(quads)
+    flat = np.abs(areas) < min_area
+    if image_size is not None:
+        h, w = image_size
+        outside = (
+            (quads[..., 0].max(1) <= 0)
+            | (quads[..., 1].max(1) <= 0)
+            | (quads[..., 0].min(1) >= w)
+            | (quads[..., 1].min(1) >= h)
+        )
+    else:
+        outside = np.zeros(len(quads), bool)
+    keep = ~(flat | bowtie | outside)
+    for i in np.nonzero(~keep)[0]:
+        lineno, line = where[i]
+        if flat[i]:
+            report.skip(f"{source}:{lineno}", "zero-area polygon", repr(line))
+        elif bowtie[i]:
+            report.skip(f"{source}:{lineno}", "self-intersecting polygon", repr(line))
+        else:
+            report.skip(
+                f"{source}:{lineno}", "polygon outside the image", f"image {image_size[1]}x{image_size[0]}: {line!r}"
+            )
+    ccw = areas < 0  # counter-clockwise on screen: keep the first corner, reverse the turning direction
+    quads[ccw] = quads[ccw][:, [0, 3, 2, 1]]
+    polys = quads[keep]
+    names = [n for n, k in zip(names, keep) if k]
+    diffs = [d for d, k in zip(diffs, keep) if k]
     return DOTAAnnotation(
         np.asarray(polys, dtype=np.float64).reshape(-1, 4, 2), names, np.asarray(diffs, dtype=np.int64), meta
     )
