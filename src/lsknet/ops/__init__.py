@@ -17,8 +17,10 @@ from lsknet.ops.boxes import (
 )
 from lsknet.ops.iou import poly_iof, poly_iou, rbox_iof, rbox_iou
 from lsknet.ops.nms import nms_rotated
+from lsknet.ops.roi_align_rotated import RoIAlignRotated, roi_align_rotated
 
 __all__ = [
+    "RoIAlignRotated",
     "ANGLE_VERSIONS",
     "hbox_to_rbox",
     "nms_rotated",
@@ -31,5 +33,6 @@ __all__ = [
     "rbox_to_hbox",
     "rbox_to_tv_boxes",
     "regularize_rbox",
+    "roi_align_rotated",
     "tv_boxes_to_rbox",
 ]
