@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lsknet.errors import CheckpointError, ConfigError, DatasetFormatError, LSKNetError
+from lsknet.inference.optimize import optimize_for_inference
 from lsknet.models import backbone as _backbone  # noqa: F401  registers timm models
 from lsknet.models.factory import create_model, load_checkpoint
 
@@ -16,4 +17,5 @@ __all__ = [
     "__version__",
     "create_model",
     "load_checkpoint",
+    "optimize_for_inference",
 ]
