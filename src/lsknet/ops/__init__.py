@@ -15,11 +15,14 @@ from lsknet.ops.boxes import (
     regularize_rbox,
     tv_boxes_to_rbox,
 )
+from lsknet.ops.coders import DeltaXYWHTCoder, MidpointOffsetCoder
 from lsknet.ops.iou import poly_iof, poly_iou, rbox_iof, rbox_iou
 from lsknet.ops.nms import nms_rotated
 from lsknet.ops.roi_align_rotated import RoIAlignRotated, roi_align_rotated
 
 __all__ = [
+    "DeltaXYWHTCoder",
+    "MidpointOffsetCoder",
     "RoIAlignRotated",
     "ANGLE_VERSIONS",
     "hbox_to_rbox",
