@@ -167,7 +167,7 @@ def test_merge_detections_library_function(tmp_path: Path):
         "other.png": {"polys": np.stack([sq]), "scores": np.array([0.5]), "labels": np.array([1])},
     }
     merged = merge_detections(results, ["a", "b"], iou_thr=0.1, out_dir=tmp_path / "out", zip_path=tmp_path / "s.zip")
-    assert merged["a"].image_ids.tolist() == ["img"] and merged["a"].scores.tolist() == [0.9]
+    assert merged["a"].image_ids.tolist() == ["img"] and merged["a"].scores.tolist() == pytest.approx([0.9])
     np.testing.assert_allclose(merged["a"].polys[0], sq + [50, 50])
     assert sorted(merged["b"].image_ids.tolist()) == ["img", "other.png"]
     assert (tmp_path / "out" / "Task1_a.txt").read_text().startswith("img 0.900000 50 50 70 50 70 60 50 60")
