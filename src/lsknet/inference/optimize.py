@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from lsknet.models.backbone import LSKNet
 
-__all__ = ["InferenceLSKNet", "optimize_for_inference"]
+__all__ = ["InferenceLSKNet", "benchmark", "count_flops", "optimize_for_inference"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,9 +49,63 @@ def _pointwise(conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
     return conv.weight.flatten(1), conv.bias
 
 
-def _dw(x: Tensor, weight: Tensor, bias: Tensor, padding: int) -> Tensor:
-    """Depthwise conv of an NHWC tensor (runs on its channels-last NCHW view), NHWC out."""
-    y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=padding, groups=weight.shape[0])
+def _mkldnn_fused_ok() -> bool:
+    """Whether oneDNN's fused conv/linear + GELU ops exist and agree with the plain ops (checked once)."""
+    global _FUSED_OK
+    if _FUSED_OK is None:
+        try:
+            x = torch.randn(1, 5, 6, 4)
+            w, wd, b = torch.randn(4, 4), torch.randn(4, 1, 3, 3), torch.randn(4)
+            got = torch.ops.mkldnn._convolution_pointwise(
+                x.permute(0, 3, 1, 2), wd, b, [1, 1], [1, 1], [1, 1], 4, "gelu", [], "none"
+            )
+            ref = F.gelu(F.conv2d(x.permute(0, 3, 1, 2), wd, b, padding=1, groups=4))
+            lin = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+            _FUSED_OK = bool(
+                torch.backends.mkldnn.is_available()
+                and torch.allclose(got, ref, atol=1e-5)
+                and got.is_contiguous(memory_format=torch.channels_last)
+                and torch.allclose(lin, F.gelu(F.linear(x, w, b)), atol=1e-5)
+            )
+        except Exception:  # op missing in this build
+            _FUSED_OK = False
+    return _FUSED_OK
+
+
+_FUSED_OK: bool | None = None
+
+
+def _use_fused(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad and _mkldnn_fused_ok()
+
+
+def _linear_gelu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """GELU(x @ W.T + b) on the last axis (one fused oneDNN kernel on CPU)."""
+    if _use_fused(x):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
+    return F.gelu(F.linear(x, weight, bias))
+
+
+def _dw(x: Tensor, weight: Tensor, bias: Tensor, padding: int, gelu: bool = False) -> Tensor:
+    """Depthwise conv (+ GELU) of an NHWC tensor, run on its channels-last NCHW view; NHWC out."""
+    c = weight.shape[0]
+    if _use_fused(x):
+        y = torch.ops.mkldnn._convolution_pointwise(
+            x.permute(0, 3, 1, 2),
+            weight,
+            bias,
+            [padding] * 2,
+            [1, 1],
+            [1, 1],
+            c,
+            "gelu" if gelu else "none",
+            [],
+            "none" if gelu else "",
+        )
+    else:
+        y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=padding, groups=c)
+        if gelu:
+            y = F.gelu(y)
     return y.permute(0, 2, 3, 1)
 
 
@@ -115,7 +169,7 @@ class _FusedBlock(nn.Module):
         self.register_buffer("f2_b", ls2 * b)
 
     def forward(self, x: Tensor) -> Tensor:
-        u = F.gelu(F.linear(x, self.p1_w, self.p1_b))
+        u = _linear_gelu(x, self.p1_w, self.p1_b)
         small = _dw(u, self.c0_w, self.c0_b, padding=2)
         large = _dw_dilated3(small, self.cs_w, self.cs_b)
         s_ext = F.linear(small, self.k1_w, self.k1_b)
@@ -125,10 +179,11 @@ class _FusedBlock(nn.Module):
         mean = s_ext[..., half:] + l_ext[..., half:]
         mx = torch.maximum(s.amax(-1, keepdim=True), ls.amax(-1, keepdim=True))
         gate = torch.sigmoid(_conv_nhwc(torch.cat([mean, mx], -1), self.sq_w, self.sq_b, padding=3))
-        attn = F.linear(s * gate[..., 0:1] + ls * gate[..., 1:2], self.cv_w, self.cv_b)
-        x = torch.addcmul(F.linear(u * attn, self.p2_w, self.p2_b), x, self.res_scale)
-        h = F.gelu(_dw(F.linear(x, self.f1_w, self.f1_b), self.dw_w, self.dw_b, padding=1))
-        return x + F.linear(h, self.f2_w, self.f2_b)
+        selected = torch.mul(s, gate[..., 0:1]).addcmul_(ls, gate[..., 1:2])
+        attn = F.linear(selected, self.cv_w, self.cv_b)
+        x = F.linear(u.mul_(attn), self.p2_w, self.p2_b).addcmul_(x, self.res_scale)
+        h = _dw(F.linear(x, self.f1_w, self.f1_b), self.dw_w, self.dw_b, padding=1, gelu=True)
+        return F.linear(h, self.f2_w, self.f2_b).add_(x)
 
 
 def _conv_nhwc(x: Tensor, weight: Tensor, bias: Tensor, stride: int = 1, padding: int = 0) -> Tensor:
@@ -217,3 +272,92 @@ def optimize_for_inference(model: nn.Module, *, compile: bool = False) -> nn.Mod
         except Exception as err:  # pragma: no cover - depends on the toolchain
             _log.warning("torch.compile failed (%s); using the uncompiled optimized model", err)
     return fused
+
+
+def count_flops(model: nn.Module, x: Tensor) -> int:
+    """Floating-point operations of one forward pass on ``x`` (conv / matmul only, 1 multiply-add = 2 FLOPs),
+    counted with ``torch.utils.flop_counter.FlopCounterMode``. Divide by 2 for MACs (what papers call "FLOPs")."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def benchmark(
+    name: str = "lsknet_t",
+    size: int = 1024,
+    batch: int = 1,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    compile: bool = False,
+    checkpoint: str | None = None,
+    num_classes: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Time the eager model against :func:`optimize_for_inference` in the same process, interleaved.
+
+    Input: ``batch`` random images of ``size`` x ``size``. Returns params (as built, and without the head), GMACs and
+    GFLOPs (= 2 x GMACs), median wall-clock latencies in ms (``eager_ms``, ``optimized_ms``), their ratio
+    ``speedup`` (also the median of per-repeat ratios, robust to load from other processes), the same for process
+    CPU time, and ``max_rel_diff`` = max |optimized - eager| / max |eager| over the outputs.
+    """
+    import statistics
+    import time
+
+    import timm
+
+    from lsknet.models.checkpoint import load_backbone_weights
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, num_classes=num_classes).eval()
+    if checkpoint:
+        load_backbone_weights(model, checkpoint)
+    params = sum(p.numel() for p in model.parameters())
+    params_backbone = params - sum(p.numel() for p in model.get_classifier().parameters())
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    flops = count_flops(model, x)
+    t0 = time.perf_counter()
+    fast = optimize_for_inference(model, compile=compile)
+    with torch.inference_mode():
+        ref = model(x)
+        out = fast(x)  # compiles here when compile=True
+        prepare_s = time.perf_counter() - t0
+        max_rel = ((out - ref).abs().max() / ref.abs().max()).item()
+        for _ in range(max(0, warmup - 1)):
+            model(x)
+            fast(x)
+        rows = []
+        for _ in range(repeats):
+            row = []
+            for net in (model, fast):
+                w, c = time.perf_counter(), time.process_time()
+                net(x)
+                row += [time.perf_counter() - w, time.process_time() - c]
+            rows.append(row)
+    eager_wall, eager_cpu, fast_wall, fast_cpu = (statistics.median(col) * 1000 for col in zip(*rows))
+    return {
+        "model": name,
+        "size": size,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "compile": compile,
+        "params": params,
+        "params_backbone": params_backbone,
+        "gmacs": flops / 2e9,
+        "gflops": flops / 1e9,
+        "eager_ms": eager_wall,
+        "optimized_ms": fast_wall,
+        "speedup": eager_wall / fast_wall,
+        "speedup_median_of_ratios": statistics.median(r[0] / r[2] for r in rows),
+        "eager_cpu_ms": eager_cpu,
+        "optimized_cpu_ms": fast_cpu,
+        "cpu_speedup": eager_cpu / fast_cpu,
+        "max_rel_diff": max_rel,
+        "prepare_s": prepare_s,
+        "repeats": repeats,
+        "eager_runs_ms": [r[0] * 1000 for r in rows],
+        "optimized_runs_ms": [r[2] * 1000 for r in rows],
+    }
