@@ -78,7 +78,7 @@ def test_difficult_is_ignored_not_false_positive():
     assert ap(dets, gt2) == pytest.approx(0.5)
 
 
-def test_duplicates_and_eleven_point_vs_area():
+def test_duplicates_and_eleven_point_vs_area(caplog):
     gt = gt_of((box(0, 0, 10, 10), "a", 0), (box(20, 0, 30, 10), "a", 0), (box(40, 0, 50, 10), "a", 0))
     dets = dets_of(
         ("img", 0.9, box(0, 0, 10, 10)),  # TP
@@ -88,6 +88,10 @@ def test_duplicates_and_eleven_point_vs_area():
     )
     # recall [1/3,1/3,2/3,2/3], precision [1,1/2,2/3,1/2]
     assert ap(dets, gt, metric="voc07") == pytest.approx(6 / 11)
+    exact_copy = Task1Detections.concat([dets, dets_of(("img", 0.6, box(0, 0, 10, 10)))])
+    with caplog.at_level("WARNING", logger="lsknet.evaluation.dota"):
+        ap(exact_copy, gt)
+    assert "1 exact duplicate detections" in caplog.text
     assert ap(dets, gt, metric="area") == pytest.approx(1 / 3 + 2 / 9)
 
 
@@ -114,6 +118,8 @@ def test_absent_classes_unknown_images_and_strict():
     with pytest.warns(DataSkipWarning, match="images missing from the ground truth"):
         res = evaluate_dota(dets, gt, CLS)
     assert res.per_class == {"a": 1.0, "b": None}
+    with pytest.warns(DataSkipWarning, match="outside the class list"):
+        evaluate_dota({}, gt_of((box(0, 0, 10, 10), "zzz", 0)), CLS)
     assert res.mAP == 1.0 and res.mAP_all_classes == 0.5
     assert res.skipped == {"detections for images missing from the ground truth": 1}
     with pytest.raises(DatasetFormatError, match="missing from the ground truth"):
