@@ -102,19 +102,20 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from lsknet.data.synthetic import generate_dota_scenes
+    from lsknet.data.synthetic import EASY_SCENE_OPTIONS, generate_dota_scenes
 
-    summary = generate_dota_scenes(
-        args.out,
-        num_images=args.images,
-        size=args.size,
-        seed=args.seed,
-        classes=args.classes.split(",") if args.classes else None,
+    options = dict(
         objects_per_image=tuple(args.objects),
         object_scale=tuple(args.scale),
         difficult_fraction=args.difficult,
         truncated_fraction=args.truncated,
         noise=args.noise,
+    )
+    if args.easy:
+        options.update(EASY_SCENE_OPTIONS)
+    classes = args.classes.split(",") if args.classes else None
+    summary = generate_dota_scenes(
+        args.out, num_images=args.images, size=args.size, seed=args.seed, classes=classes, **options
     )
     summary.pop("image_ids")
     print(json.dumps(summary))
@@ -181,4 +182,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     syn.add_argument("--difficult", type=float, default=0.05, help="fraction of difficult objects")
     syn.add_argument("--truncated", type=float, default=0.08, help="fraction of objects cut by the border")
     syn.add_argument("--noise", type=float, default=0.02, help="pixel noise std (fraction of 255)")
+    syn.add_argument("--easy", action="store_true", help="easy learnable setting for demos (overrides the knobs)")
     syn.set_defaults(func=_synth)

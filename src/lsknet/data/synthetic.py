@@ -43,6 +43,18 @@ SYNTH_CLASSES: tuple[str, ...] = ("small-vehicle", "large-vehicle", "plane", "sh
 SYNTH_ALL_CLASSES: tuple[str, ...] = SYNTH_CLASSES + ("tennis-court", "swimming-pool", "roundabout")
 
 
+#: An easy, quickly learnable setting (bigger objects, fewer per image, no difficult/truncated objects) for
+#: CPU demos: ``generate_dota_scenes(out, num_images, size=256, seed=0, **EASY_SCENE_OPTIONS)``.
+EASY_SCENE_OPTIONS: dict = {
+    "objects_per_image": (4, 10),
+    "object_scale": (1.3, 1.8),
+    "difficult_fraction": 0.0,
+    "truncated_fraction": 0.0,
+    "dense_probability": 0.25,
+    "noise": 0.01,
+}
+
+
 @dataclass(frozen=True)
 class _Spec:
     length: tuple[float, float]  # long side in pixels (object_scale 1.0)
