@@ -51,6 +51,7 @@ def test_counter_clockwise_reordered_to_clockwise(tmp_path: Path):
     np.testing.assert_allclose(ann.polys[0], [[0, 0], [10, 0], [10, 10], [0, 10]])
 
 
+@pytest.mark.realdata
 def test_real_dota_files_are_clockwise_and_complete(shared_data: Path):
     pytest.importorskip("shapely")
     from shapely.geometry import Polygon

@@ -140,6 +140,7 @@ def test_matches_reference_loop_on_noisy_detections(scenes, mode: str, metric: s
     assert 0.2 < ours.mAP < 0.999  # the noise makes it a non-trivial case
 
 
+@pytest.mark.realdata
 def test_matches_reference_on_real_dota_labels(shared_data: Path):
     from lsknet.data.dota import DOTA_V1_CLASSES
 
