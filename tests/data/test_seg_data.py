@@ -207,3 +207,12 @@ def test_real_isprs_and_loveda_masks(shared_data):
     assert len(ds) == 3 * 4
     m = ds[0]["mask"].numpy()
     assert set(np.unique(m)) <= set(range(7)) | {255}
+
+
+def test_partial_tiles_partition_the_image():
+    assert tile_windows(10, 7, 4, 4, partial=True) == [
+        (0, 0, 4, 4), (0, 4, 4, 3), (4, 0, 4, 4), (4, 4, 4, 3), (8, 0, 2, 4), (8, 4, 2, 3)]  # fmt: skip
+    count = np.zeros((37, 23), int)
+    for y, x, h, w in tile_windows(37, 23, 8, 8, partial=True):
+        count[y : y + h, x : x + w] += 1
+    assert (count == 1).all()

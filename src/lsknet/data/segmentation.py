@@ -306,12 +306,23 @@ def check_sizes(pairs: Sequence[tuple[Path, Path]]) -> list[tuple[int, int]]:
     return sizes
 
 
-def tile_windows(height: int, width: int, size: int, stride: int) -> list[tuple[int, int, int, int]]:
+def tile_windows(
+    height: int, width: int, size: int, stride: int, partial: bool = False
+) -> list[tuple[int, int, int, int]]:
     """Windows ``(y0, x0, h, w)`` of at most ``size`` x ``size`` covering the image with the given ``stride``;
     the last row/column of windows is shifted to end at the border (no partial windows unless the image is smaller
-    than ``size``)."""
+    than ``size``). ``partial=True`` instead keeps the grid and lets the last windows end at the border (smaller):
+    with ``stride == size`` that is an exact partition (every pixel once, what evaluation needs)."""
     if size <= 0 or stride <= 0:
         raise ConfigError(f"tile size and stride must be positive, got {size} and {stride}")
+
+    if partial:
+        return [
+            (y, x, min(size, height - y), min(size, width - x))
+            for y in range(0, height, stride)
+            for x in range(0, width, stride)
+            if (y == 0 or y + size - stride < height) and (x == 0 or x + size - stride < width)
+        ]
 
     def starts(n: int) -> list[int]:
         if n <= size:
@@ -416,7 +427,8 @@ class SegTransform:
 class SegmentationDataset(Dataset):
     """Image/mask pairs as samples ``{"image": (C,H,W) float, "mask": (H,W) int64, "name": str}``.
 
-    ``tile_size``/``tile_stride`` turn each large image into overlapping windows (cut on the fly); otherwise each
+    ``tile_size``/``tile_stride`` turn each large image into overlapping windows (cut on the fly; ``tile_partial``:
+    smaller windows at the border instead of shifted ones, see :func:`tile_windows`); otherwise each
     image is one sample, repeated ``repeats`` times (random crops come from ``transform``). Decoded images are
     kept in a small LRU cache (``cache_size`` images) so consecutive windows of one tile decode it once.
     """
@@ -429,6 +441,7 @@ class SegmentationDataset(Dataset):
         *,
         tile_size: int | None = None,
         tile_stride: int | None = None,
+        tile_partial: bool = False,
         repeats: int = 1,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -441,7 +454,11 @@ class SegmentationDataset(Dataset):
         sizes = check_sizes(self.pairs)
         if tile_size:
             stride = tile_stride or tile_size
-            self.items = [(i, win) for i, (w, h) in enumerate(sizes) for win in tile_windows(h, w, tile_size, stride)]
+            self.items = [
+                (i, win)
+                for i, (w, h) in enumerate(sizes)
+                for win in tile_windows(h, w, tile_size, stride, tile_partial)
+            ]
         else:
             self.items = [(i, None) for _ in range(max(1, repeats)) for i in range(len(self.pairs))]
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()

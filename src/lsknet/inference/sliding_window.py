@@ -209,9 +209,10 @@ def segment_file(
     outputs: Sequence[str] = ("index", "color", "overlay", "geotiff"),
     overlay_alpha: float = 0.5,
 ) -> dict[str, str]:
-    """Segment one image file and write the requested outputs into ``out_dir`` (named after the file stem):
-    ``<stem>.png`` (class indices), ``<stem>_color.png``, ``<stem>_overlay.png`` and, for a georeferenced TIFF input,
-    ``<stem>.tif`` (class-index GeoTIFF with the input's CRS/transform, palette colour table, nodata 255).
+    """Segment one image file and write the requested outputs under ``out_dir`` (named after the file stem):
+    ``index/<stem>.png`` (class indices, what ``lsknet seg score --pred`` reads), ``color/<stem>.png``,
+    ``overlay/<stem>.png`` and, for a georeferenced TIFF input, ``geotiff/<stem>.tif`` (class-index GeoTIFF with the
+    input's CRS/transform, the palette as colour table, nodata 255).
 
     A GeoTIFF is read window by window and the GeoTIFF written strip by strip; the PNG outputs need the full
     ``H x W`` label map (1 byte per pixel; the colour and overlay images 3 bytes per pixel).
@@ -223,7 +224,8 @@ def segment_file(
     path, out_dir = Path(path), Path(out_dir)
     if not path.is_file():
         raise DatasetFormatError(f"image not found: {path}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for sub in (o for o in outputs if o != "geotiff"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
     stem = path.stem
     written: dict[str, str] = {}
     want_png = any(o in outputs for o in ("index", "color", "overlay"))
@@ -234,7 +236,11 @@ def segment_file(
                     "%s: %s pixels divided by input_scale=255; set input_scale for this sensor", path, src.dtype
                 )
             labels = np.zeros(src.shape, dtype=np.uint8) if want_png else None
-            writer = GeoTiffLabelWriter(out_dir / f"{stem}.tif", src.profile, palette) if "geotiff" in outputs else None
+            writer = (
+                GeoTiffLabelWriter(out_dir / "geotiff" / f"{stem}.tif", src.profile, palette)
+                if "geotiff" in outputs
+                else None
+            )
 
             def sink(y: int, lab: np.ndarray, _c: np.ndarray) -> None:
                 if writer is not None:
@@ -251,20 +257,20 @@ def segment_file(
         labels, _ = segmenter.predict(image)
     if labels is not None:
         if "index" in outputs:
-            Image.fromarray(labels).save(out_dir / f"{stem}.png")
-            written["index"] = str(out_dir / f"{stem}.png")
+            Image.fromarray(labels).save(out_dir / "index" / f"{stem}.png")
+            written["index"] = str(out_dir / "index" / f"{stem}.png")
         color = colorize(labels, palette)
         if "color" in outputs:
-            Image.fromarray(color).save(out_dir / f"{stem}_color.png")
-            written["color"] = str(out_dir / f"{stem}_color.png")
+            Image.fromarray(color).save(out_dir / "color" / f"{stem}.png")
+            written["color"] = str(out_dir / "color" / f"{stem}.png")
         if "overlay" in outputs and image is not None:
             rgb = _to_rgb8(image)
             mix = (rgb.astype(np.float32) * (1 - overlay_alpha) + color.astype(np.float32) * overlay_alpha).astype(
                 np.uint8
             )
             mix[labels == 255] = rgb[labels == 255]
-            Image.fromarray(mix).save(out_dir / f"{stem}_overlay.png")
-            written["overlay"] = str(out_dir / f"{stem}_overlay.png")
+            Image.fromarray(mix).save(out_dir / "overlay" / f"{stem}.png")
+            written["overlay"] = str(out_dir / "overlay" / f"{stem}.png")
     return written
 
 

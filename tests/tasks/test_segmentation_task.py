@@ -1,0 +1,157 @@
+"""Segmentation task: build from config, train a few steps through the shared runner, metrics files, checkpoint
+round trip, predict outputs and bad input; real ISPRS/LoveDA crops (realdata)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lsknet.config import apply_overrides, load_config
+from lsknet.data.synthetic_segmentation import write_scene_set
+from lsknet.errors import ConfigError, DatasetFormatError, DataSkipWarning
+from lsknet.evaluation.segmentation import confusion_matrix, metrics_from_confusion
+from lsknet.tasks import get_task
+from lsknet.tasks.segmentation import build, predict
+
+TINY = [
+    "data.crop_size=64", "data.batch_size=2", "data.num_workers=0", "trainer.max_steps=2", "trainer.max_epochs=1",
+    "trainer.accelerator=cpu", "trainer.devices=1", "trainer.tensorboard=false", "trainer.log_every_n_steps=1",
+    "model.decode_channels=32", "predict.window=64", "predict.overlap=16", "trainer.check_val_every_n_epoch=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    write_scene_set(root / "train", num=4, size=64, seed=0, color_masks=True)
+    write_scene_set(root / "val", num=2, size=64, seed=1, color_masks=True)
+    return root
+
+
+def _cfg(root, run_dir, extra=()):
+    cfg = apply_overrides(load_config("demo_segment"), TINY + list(extra))
+    cfg.pop("demo")
+    cfg["data"]["root"] = str(root)
+    cfg["run_dir"] = str(run_dir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(scenes, tmp_path_factory):
+    from lsknet.tasks import runner
+
+    result = runner.train(_cfg(scenes, tmp_path_factory.mktemp("run") / "run"))
+    return result
+
+
+def test_get_task_and_presets_resolve():
+    assert get_task("segment").build is build
+    for name in (
+        "potsdam_lsknet_t_unetformer",
+        "vaihingen_lsknet_s_unetformer",
+        "loveda_lsknet_t_unetformer",
+        "uavid_lsknet_s_unetformer",
+        "potsdam_lsknet_s_upernet",
+        "potsdam_lsknet_t_unetformer_cpu",
+    ):
+        cfg = load_config(name)
+        assert cfg["task"] == "segment" and cfg["trainer"]["monitor"] == "val/mIoU"
+    pots = load_config("potsdam_lsknet_t_unetformer")
+    assert (pots["optim"]["lr"], pots["optim"]["weight_decay"], pots["optim"]["t0"], pots["optim"]["t_mult"]) == (
+        8e-4, 0.01, 15, 2)  # fmt: skip
+    assert (pots["trainer"]["max_epochs"], pots["data"]["crop_size"], pots["data"]["batch_size"]) == (45, 768, 8)
+    assert pots["evaluation"]["exclude"] == ["clutter"]
+
+
+def test_trained_run_writes_metrics_matching_an_independent_confusion(trained, scenes):
+    run_dir = trained.run_dir
+    assert trained.best_checkpoint and "val/mIoU" in trained.metrics["metrics"]
+    saved = json.loads((run_dir / "val_metrics.json").read_text())
+    assert (run_dir / "val_confusion.csv").exists() and (run_dir / "val_confusion.png").exists()
+    # recompute with the best checkpoint, image by image, outside Lightning
+    module = trained.module.cpu().eval()
+    ds = build(module.config)[1]._dataset("val")
+    cm = np.zeros((6, 6), np.int64)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            s = ds[i]
+            cm += confusion_matrix(module(s["image"][None]).argmax(1)[0], s["mask"], 6)
+    want = metrics_from_confusion(cm, module.class_names)
+    assert saved["pixels"] == cm.sum() == 2 * 64 * 64
+    assert saved["mIoU"] == pytest.approx(want["mIoU"]) and saved["OA"] == pytest.approx(want["OA"])
+    assert trained.metrics["metrics"]["val/mIoU"] == pytest.approx(want["mIoU"])
+
+
+def test_checkpoint_rebuilds_and_predicts(trained, scenes, tmp_path):
+    from lsknet.tasks import runner
+
+    module, _, cfg = runner.load_module(trained.best_checkpoint, build_data=False)
+    assert cfg["task"] == "segment"
+    src = tmp_path / "in"
+    src.mkdir()
+    img = np.asarray(Image.open(scenes / "val" / "img_dir" / "scene_0000.png"))
+    big = np.tile(img, (2, 3, 1))  # 128 x 192: several windows
+    Image.fromarray(big).save(src / "big.png")
+    (src / "broken.png").write_bytes(b"not an image")
+    with pytest.warns(DataSkipWarning, match="broken.png"):
+        out = predict(module, [src], tmp_path / "out", progress=False)
+    assert out["images"] == 1 and out["skipped"] == [str(src / "broken.png")]
+    labels = np.asarray(Image.open(tmp_path / "out" / "index" / "big.png"))
+    assert labels.shape == (128, 192) and labels.max() < 6
+    assert (tmp_path / "out" / "color" / "big.png").exists() and (tmp_path / "out" / "overlay" / "big.png").exists()
+    with pytest.raises(DatasetFormatError, match="broken.png"):
+        predict(module, [src], tmp_path / "out2", progress=False, strict=True)
+    with pytest.raises(DatasetFormatError, match="not found"):
+        predict(module, [tmp_path / "missing"], tmp_path / "out3")
+
+
+def test_config_errors(scenes, tmp_path):
+    with pytest.raises(ConfigError, match="evaluation.exclude"):
+        build(_cfg(scenes, tmp_path, ["evaluation.exclude=[sky]"]))
+    cfg = _cfg(scenes, tmp_path)
+    cfg["data"]["val"] = {"images": "val/img_dir"}
+    with pytest.raises(ConfigError, match="data.val"):
+        build(cfg)[1].setup("validate")
+
+
+def test_images_without_masks_are_counted(scenes, tmp_path):
+    import shutil
+
+    root = tmp_path / "d"
+    shutil.copytree(scenes / "val", root / "val")
+    (root / "val" / "ann_dir" / "scene_0001.png").unlink()
+    cfg = _cfg(root, tmp_path, ["data.val={images: val/img_dir, masks: val/ann_dir}", "data.train=null"])
+    with pytest.warns(DataSkipWarning, match="1 image.s. without a mask"):
+        assert len(build(cfg)[1]._dataset("val")) == 1
+    cfg["data"]["strict"] = True
+    with pytest.raises(DatasetFormatError, match="without a mask"):
+        build(cfg)[1]._dataset("val")
+
+
+@pytest.mark.realdata
+def test_real_crops_train_and_evaluate(shared_data, tmp_path):
+    import lightning as L
+
+    root = shared_data / "mmseg_pseudo"
+    for fmt, folder in (("isprs", "pseudo_potsdam_dataset"), ("isprs", "pseudo_vaihingen_dataset"),
+                        ("loveda", "pseudo_loveda_dataset")):  # fmt: skip
+        split = {"images": "img_dir", "masks": "ann_dir"}
+        cfg = _cfg(root / folder, tmp_path, ["data.format=" + fmt, "data.crop_size=128", "data.val_tile_size=256"])
+        cfg["data"]["train"] = cfg["data"]["val"] = split
+        module, dm = build(cfg)
+        trainer = L.Trainer(
+            max_steps=2, limit_val_batches=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, datamodule=dm)
+            res = trainer.validate(module, datamodule=dm, verbose=False)[0]
+        assert 0.0 <= res["val/mIoU"] <= 1.0 and 0.0 <= res["val/OA"] <= 1.0
+        m = module.last_metrics
+        assert m["pixels"] > 0 and len(m["IoU"]) == (6 if fmt == "isprs" else 7)
