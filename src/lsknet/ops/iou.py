@@ -27,7 +27,8 @@ from lsknet.ops.boxes import check_polys, check_rboxes, rbox_to_corners
 
 __all__ = ["poly_iof", "poly_iou", "rbox_iof", "rbox_iou"]
 
-_MAX_PAIRS = 1 << 16  # pairs per exact-computation chunk (~50 MB of float64 temporaries)
+_MAX_PAIRS = 1 << 12  # pairs per exact-computation chunk on CPU (temporaries stay in cache)
+_MAX_PAIRS_GPU = 1 << 18  # pairs per chunk on accelerators (~200 MB of float64 temporaries)
 _MAX_ENVELOPE = 1 << 22  # pairs per envelope pre-filter chunk (bool matrix)
 _TIE_TOL = 1.5e-8  # relative distance under which an edge counts as lying on a line
 _CONVEX_TOL = 1e-9  # relative turn under which a vertex counts as straight
@@ -61,30 +62,32 @@ def _prepare(polys: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
     return tris, area, env
 
 
-def _clip_pass(p: Tensor, q: Tensor, scale: Tensor, second: bool) -> Tensor:
-    """Twice the Green's-integral contribution of ``p``'s edges clipped to convex ``q`` (both (E, K, 2))."""
-    d = p.roll(-1, 1) - p
-    e = q.roll(-1, 1) - q
-    px, py = p[..., 0].unsqueeze(2), p[..., 1].unsqueeze(2)  # (E, K, 1)
-    qx, qy = q[..., 0].unsqueeze(1), q[..., 1].unsqueeze(1)  # (E, 1, L)
-    ex, ey = e[..., 0].unsqueeze(1), e[..., 1].unsqueeze(1)
-    n0 = ex * (py - qy) - ey * (px - qx)  # (E, K, L): > 0 means p's edge start is inside q's edge line
-    n1 = n0.roll(-1, 1)  # same for the edge end (the next vertex)
-    tol = _TIE_TOL * torch.hypot(ex, ey) * scale
-    tie = (n0.abs() <= tol) & (n1.abs() <= tol)
-    in0, in1 = n0 >= 0, n1 >= 0
-    enter = ~in0 & in1 & ~tie
-    leave = in0 & ~in1 & ~tie
-    cross_ = enter | leave
-    t = n0 / torch.where(cross_, n0 - n1, torch.ones_like(n0))
-    t_lo = torch.where(enter, t, torch.zeros_like(t)).amax(2)
-    t_hi = torch.where(leave, t, torch.ones_like(t)).amin(2)
-    empty = ~in0 & ~in1 & ~tie
-    if second:  # an edge on a line of the first polygon, same direction, was already counted there
-        same = (d[..., 0].unsqueeze(2) * ex + d[..., 1].unsqueeze(2) * ey) > 0
-        empty = empty | (tie & same)
-    span = (t_hi - t_lo).clamp_min(0).masked_fill(empty.any(2), 0)
-    return (span * (p[..., 0] * d[..., 1] - p[..., 1] * d[..., 0])).sum(1)
+def _clip_pass(px: Tensor, py: Tensor, qx: Tensor, qy: Tensor, scale: Tensor, second: Tensor) -> Tensor:
+    """Twice the Green's-integral contribution of polygon p's edges clipped to convex polygon q.
+
+    Coordinates are (K, E) / (L, E) with the pair dimension E last, so every elementwise op runs over long
+    contiguous rows. ``second`` (E,) marks pairs whose p is the second polygon: there an edge lying on a
+    same-direction edge line of q is dropped, because that piece was already counted for the first polygon.
+    """
+    dx, dy = px.roll(-1, 0) - px, py.roll(-1, 0) - py  # p's edges (K, E)
+    ex, ey = qx.roll(-1, 0) - qx, qy.roll(-1, 0) - qy  # q's edges (L, E)
+    c = ex * qy - ey * qx  # cross(e_l, q_l)
+    # n0[k, l] = cross(e_l, p_k - q_l) >= 0 when p's vertex k is inside q's edge line l: (K, L, E)
+    n0 = torch.addcmul(torch.addcmul(-c, ex, py.unsqueeze(1)), ey, px.unsqueeze(1), value=-1)
+    nd = n0 - n0.roll(-1, 0)  # n0 - n1 along p's edge k (its end is vertex k + 1)
+    tol = _TIE_TOL * torch.hypot(ex, ey) * scale  # (L, E)
+    near = n0.abs() <= tol
+    tie = near & near.roll(-1, 0)  # the whole edge lies on the line: decided by the tie rule, not clipped
+    nd.masked_fill_(tie, 0.0)  # a tie constrains nothing here (and |n0| <= tol keeps it non-empty)
+    r = n0 / nd  # crossing parameter; x/0 is masked out below
+    t_lo = r.masked_fill(nd >= 0, -torch.inf).amax(1).clamp_min(0)  # entering the half-plane
+    t_hi = r.masked_fill(nd <= 0, torch.inf).amin(1).clamp_max(1)  # leaving it
+    empty = (nd == 0) & (n0 < -tol)  # parallel and outside
+    if bool(tie.any()):  # rare: collinear edges
+        same = torch.addcmul(dx.unsqueeze(1) * ex, dy.unsqueeze(1), ey) > 0
+        empty |= tie & same & second
+    span = (t_hi - t_lo).clamp_min(0).masked_fill(empty.any(1), 0.0)
+    return (span * (px * dy - py * dx)).sum(0)
 
 
 def _intersection(pa: Tensor, pb: Tensor) -> Tensor:
@@ -97,16 +100,22 @@ def _intersection(pa: Tensor, pb: Tensor) -> Tensor:
     scale = ((hi - lo).amax(-1) / 2).clamp_min(torch.finfo(torch.float64).tiny)
     a = (pa - ref).unsqueeze(2).expand(e, t, s, k, 2).reshape(-1, k, 2)
     b = (pb - ref).unsqueeze(1).expand(e, t, s, k, 2).reshape(-1, k, 2)
-    sc = scale.view(e, 1).expand(e, t * s).reshape(-1, 1, 1)
-    twice = _clip_pass(a, b, sc, False) + _clip_pass(b, a, sc, True)
-    return (twice.view(e, t * s).sum(1) / 2).clamp_min(0)
+    m = a.shape[0]
+    # both passes (a clipped to b, b clipped to a) in one batch, pair dimension last
+    p = torch.cat([a, b]).permute(2, 1, 0)  # (2, K, 2M)
+    q = torch.cat([b, a]).permute(2, 1, 0)
+    sc = scale.view(e, 1).expand(e, t * s).reshape(-1).repeat(2)
+    second = torch.arange(2 * m, device=a.device) >= m
+    twice = _clip_pass(p[0], p[1], q[0], q[1], sc, second)
+    return ((twice[:m] + twice[m:]).view(e, t * s).sum(1) / 2).clamp_min(0)
 
 
 def _pair_overlaps(pa, area_a, pb, area_b, ia: Tensor, ib: Tensor, mode: str) -> Tensor:
     """IoU or IoF (float64) for the listed pairs, in chunks of ``_MAX_PAIRS``."""
     out = []
-    for s in range(0, ia.numel(), _MAX_PAIRS):
-        i, j = ia[s : s + _MAX_PAIRS], ib[s : s + _MAX_PAIRS]
+    step = _MAX_PAIRS if ia.device.type == "cpu" else max(_MAX_PAIRS, _MAX_PAIRS_GPU)
+    for s in range(0, ia.numel(), step):
+        i, j = ia[s : s + step], ib[s : s + step]
         aa, ab = area_a[i], area_b[j]
         inter = torch.minimum(_intersection(pa[i], pb[j]), torch.minimum(aa, ab))
         ok = (aa > 0) & (ab > 0)

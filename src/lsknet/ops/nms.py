@@ -3,8 +3,8 @@
 Result: exactly the boxes that the textbook greedy loop keeps (visit boxes by descending score, keep a box
 unless an already kept box of the same class overlaps it with IoU > ``iou_threshold``). How:
 
-1. candidate pairs (i before j in score order, same class, overlapping axis-aligned envelopes, area ratio
-   above the threshold, since IoU <= min(area) / max(area)): most pairs stop here;
+1. candidate pairs (i before j in score order, same class, overlapping axis-aligned envelopes found by sweep
+   and prune, area ratio above the threshold since IoU <= min(area) / max(area)): most pairs never appear;
 2. exact IoU (:mod:`lsknet.ops.iou`) for the candidates only, giving the "would suppress" edges;
 3. the greedy recurrence ``kept[j] = not any(kept[i] for edges i -> j)`` solved in parallel rounds: an
    undecided box is removed once a kept box points at it and kept once all boxes pointing at it are removed.
@@ -19,9 +19,11 @@ import torch
 from torch import Tensor
 
 from lsknet.ops.boxes import _check_finite, check_rboxes, rbox_to_corners, rbox_to_hbox
-from lsknet.ops.iou import _MAX_ENVELOPE, _pair_overlaps, _prepare
+from lsknet.ops.iou import _pair_overlaps, _prepare
 
 __all__ = ["nms_rotated"]
+
+_MAX_CANDIDATES = 1 << 22  # raw sweep-and-prune pairs per block
 
 
 def _check_vector(x: object, n: int, name: str, floating: bool) -> Tensor:
@@ -33,6 +35,54 @@ def _check_vector(x: object, n: int, name: str, floating: bool) -> Tensor:
     if not floating and (x.is_floating_point() or x.is_complex()):
         raise ValueError(f"{name} must be an integer tensor of class ids, got {x.dtype}")
     return x
+
+
+def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_threshold: float) -> tuple[Tensor, Tensor]:
+    """Pairs (i, j), i < j, of the same class whose envelopes overlap and whose IoU can exceed the threshold.
+
+    Sweep and prune: sorted by left edge (classes shifted apart along x), box p can only overlap the boxes
+    that start before its right edge, found with one ``searchsorted``; the rest is elementwise.
+    """
+    k = env.shape[0]
+    x1, x2 = env[:, 0], env[:, 2]
+    if labels is not None:
+        span = (x2.max() - x1.min()).clamp_min(0) + 1
+        shift = (labels - labels.min()).to(env.dtype) * span
+        x1, x2 = x1 + shift, x2 + shift
+    order = torch.argsort(x1)
+    xs1, xs2 = x1[order], x2[order]
+    end = torch.searchsorted(xs1, xs2, side="left")
+    pos = torch.arange(k, device=env.device)
+    count = (end - pos - 1).clamp_min(0)
+    csum = torch.cumsum(count, 0)
+    # blocks of sorted positions with at most _MAX_CANDIDATES raw pairs each (memory stays bounded)
+    cuts = torch.searchsorted(
+        csum, torch.arange(1, int(csum[-1]) // _MAX_CANDIDATES + 1, device=env.device) * _MAX_CANDIDATES
+    ).tolist()
+    src, dst = [], []
+    for b0, b1 in zip([0, *cuts], [*cuts, k]):
+        if b1 <= b0:
+            continue
+        cnt = count[b0:b1]
+        total = int(cnt.sum())
+        if total == 0:
+            continue
+        p = torch.repeat_interleave(pos[b0:b1], cnt, output_size=total)
+        start = torch.cumsum(cnt, 0) - cnt
+        q = p + 1 + torch.arange(total, device=env.device) - start[p - b0]
+        i, j = order[p], order[q]
+        i, j = torch.minimum(i, j), torch.maximum(i, j)
+        e1, e2 = env[i], env[j]
+        ok = (e1[:, 0] < e2[:, 2]) & (e2[:, 0] < e1[:, 2]) & (e1[:, 1] < e2[:, 3]) & (e2[:, 1] < e1[:, 3])
+        a1, a2 = area[i], area[j]
+        ok &= torch.minimum(a1, a2) > iou_threshold * (1 - 1e-9) * torch.maximum(a1, a2)  # IoU <= min / max
+        if labels is not None:
+            ok &= labels[i] == labels[j]
+        src.append(i[ok])
+        dst.append(j[ok])
+    if not src:
+        return pos[:0], pos[:0]
+    return torch.cat(src), torch.cat(dst)
 
 
 def nms_rotated(
@@ -74,26 +124,9 @@ def nms_rotated(
     env = rbox_to_hbox(boxes)
     area = boxes[:, 2] * boxes[:, 3]
     lab = labels[cand] if labels is not None else None
-    pos = torch.arange(k, device=device)
 
     # 1. candidate pairs (i < j in score order)
-    src_list, dst_list = [], []
-    rows = max(1, _MAX_ENVELOPE // k)
-    ratio_min = float(iou_threshold) * (1 - 1e-9)
-    for r0 in range(0, k - 1, rows):
-        r = pos[r0 : r0 + rows]
-        e1, e2 = env[r].unsqueeze(1), env.unsqueeze(0)
-        hit = pos.unsqueeze(0) > r.unsqueeze(1)
-        hit &= (e1[..., 0] < e2[..., 2]) & (e2[..., 0] < e1[..., 2])
-        hit &= (e1[..., 1] < e2[..., 3]) & (e2[..., 1] < e1[..., 3])
-        a1, a2 = area[r].unsqueeze(1), area.unsqueeze(0)
-        hit &= torch.minimum(a1, a2) > ratio_min * torch.maximum(a1, a2)
-        if lab is not None:
-            hit &= lab[r].unsqueeze(1) == lab.unsqueeze(0)
-        i, j = torch.nonzero(hit, as_tuple=True)
-        src_list.append(i + r0)
-        dst_list.append(j)
-    src, dst = torch.cat(src_list), torch.cat(dst_list)
+    src, dst = _candidate_pairs(env, area, lab, float(iou_threshold))
 
     # 2. exact IoU on the candidates
     if src.numel():
