@@ -81,6 +81,16 @@ class _ProgressBar(TQDMProgressBar):
         return metrics
 
 
+def _single_log_lines() -> None:
+    """Lightning adds its own console handler; when the root logger already prints (the CLI configures it),
+    stop Lightning's records from propagating so every line appears once."""
+    if logging.getLogger().handlers:
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            lightning_log = logging.getLogger(name)
+            if lightning_log.handlers:
+                lightning_log.propagate = False
+
+
 def _say(message: str) -> None:
     """Print a line on global rank 0 only (stderr, so stdout stays clean for --print-config and pipes)."""
     ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
@@ -169,6 +179,7 @@ def build_trainer(
     ``training``: checkpoints (best + last), EMA (if enabled), learning-rate monitor, CSV + TensorBoard loggers.
     Otherwise (evaluation): only the progress bar and a CSV logger.
     """
+    _single_log_lines()
     trainer_cfg = dict(cfg.get("trainer") or {})
     kwargs = trainer_kwargs(trainer_cfg)
     callbacks: list[Callback] = list(extra_callbacks or [])
