@@ -1,0 +1,325 @@
+"""Oriented RPN (Xie et al., "Oriented R-CNN for Object Detection", ICCV 2021) and the anchor, assignment and
+sampling helpers it shares with the RoI head.
+
+The RPN predicts, for each of the 3 horizontal anchors at every location of the 5 pyramid levels, an objectness
+logit (sigmoid) and 6 midpoint-offset deltas that turn the anchor into an oriented proposal. Defaults are the
+official LSKNet / MMRotate ``OrientedRPNHead`` settings; parameter names (``rpn_conv``, ``rpn_cls``, ``rpn_reg``)
+match its checkpoints.
+
+Box formats: ``hbox`` = horizontal ``(x1, y1, x2, y2)`` pixels; ``rbox`` = ``(cx, cy, w, h, theta)`` pixels and
+radians, le90 (see ``lsknet.ops``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, box_iou
+
+from lsknet.ops import MidpointOffsetCoder, rbox_to_hbox
+
+
+class AnchorGenerator:
+    """Horizontal anchors ``(x1, y1, x2, y2)`` centred on ``(j * stride, i * stride)`` of every feature location.
+
+    Per location the anchors are ordered by ratio then scale (MMDetection's order, which the channel layout of
+    ``rpn_cls`` / ``rpn_reg`` in official checkpoints follows). ``ratio = h / w``; the side of a square anchor
+    is ``stride * scale``.
+    """
+
+    def __init__(
+        self,
+        strides: Sequence[int] = (4, 8, 16, 32, 64),
+        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        scales: Sequence[float] = (8.0,),
+    ) -> None:
+        self.strides = [int(s) for s in strides]
+        self.ratios = [float(r) for r in ratios]
+        self.scales = [float(s) for s in scales]
+
+    @property
+    def num_anchors(self) -> int:
+        """Anchors per location."""
+        return len(self.ratios) * len(self.scales)
+
+    def base_anchors(self, stride: int, device: torch.device | None = None) -> torch.Tensor:
+        """(A, 4) anchors centred on the origin for one level."""
+        ratios = torch.tensor(self.ratios, dtype=torch.float32, device=device)
+        scales = torch.tensor(self.scales, dtype=torch.float32, device=device)
+        h_ratios = torch.sqrt(ratios)
+        w_ratios = 1.0 / h_ratios
+        ws = (stride * w_ratios[:, None] * scales[None, :]).reshape(-1)
+        hs = (stride * h_ratios[:, None] * scales[None, :]).reshape(-1)
+        return torch.stack([-0.5 * ws, -0.5 * hs, 0.5 * ws, 0.5 * hs], dim=-1)
+
+    def grid_anchors(self, featmap_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
+        """Anchors of every level, each (H * W * A, 4), location-major (row, column, anchor)."""
+        if len(featmap_sizes) != len(self.strides):
+            raise ValueError(f"got {len(featmap_sizes)} feature maps for {len(self.strides)} anchor strides")
+        out = []
+        for (h, w), stride in zip(featmap_sizes, self.strides):
+            base = self.base_anchors(stride, device)
+            xs = torch.arange(w, dtype=torch.float32, device=device) * stride
+            ys = torch.arange(h, dtype=torch.float32, device=device) * stride
+            yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+            shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
+            out.append((shifts + base[None]).reshape(-1, 4))
+        return out
+
+
+def assign_max_iou(
+    iou_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    gt_boxes: torch.Tensor,
+    boxes: torch.Tensor,
+    pos_iou_thr: float,
+    neg_iou_thr: float,
+    min_pos_iou: float,
+    match_low_quality: bool,
+    chunk_size: int = 1 << 22,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-IoU assignment (MMDetection ``MaxIoUAssigner`` semantics, ``gt_max_assign_all=True``).
+
+    ``iou_fn(gt_boxes, boxes)`` gives the (G, N) overlap matrix in whatever box format both use.
+    Returns ``(assigned, max_iou)``: ``assigned`` (N,) int64 with ``-1`` = ignored, ``0`` = negative,
+    ``k + 1`` = positive for ground truth ``k``; ``max_iou`` (N,) the best overlap of each box.
+    Negatives have ``0 <= iou < neg_iou_thr``; positives ``iou >= pos_iou_thr``; with ``match_low_quality`` every
+    ground truth whose best overlap is ``>= min_pos_iou`` also claims all boxes reaching that best overlap.
+    The matrix is computed in column chunks of about ``chunk_size`` elements so memory stays bounded.
+    """
+    num_gt, num_boxes = gt_boxes.shape[0], boxes.shape[0]
+    device = boxes.device
+    assigned = torch.full((num_boxes,), -1, dtype=torch.long, device=device)
+    if num_boxes == 0:
+        return assigned, boxes.new_zeros(0)
+    if num_gt == 0:
+        assigned.zero_()
+        return assigned, boxes.new_zeros(num_boxes)
+    step = max(1, chunk_size // num_gt)
+    chunks = []
+    max_iou = boxes.new_empty(num_boxes)
+    argmax = torch.empty(num_boxes, dtype=torch.long, device=device)
+    gt_max = boxes.new_full((num_gt,), -1.0)
+    for start in range(0, num_boxes, step):
+        iou = iou_fn(gt_boxes, boxes[start : start + step])
+        max_iou[start : start + step], argmax[start : start + step] = iou.max(dim=0)
+        gt_max = torch.maximum(gt_max, iou.max(dim=1).values)
+        if num_boxes <= step:
+            chunks.append(iou)
+    assigned[(max_iou >= 0) & (max_iou < neg_iou_thr)] = 0
+    pos = max_iou >= pos_iou_thr
+    assigned[pos] = argmax[pos] + 1
+    if match_low_quality:
+        for start in range(0, num_boxes, step):
+            iou = chunks[0] if chunks else iou_fn(gt_boxes, boxes[start : start + step])
+            hit = (iou == gt_max[:, None]) & (gt_max[:, None] >= min_pos_iou)
+            if hit.any():
+                # later ground truths override earlier ones, as in the reference loop over ground truths
+                gt_idx = torch.arange(num_gt, device=device)[:, None].expand_as(hit)
+                last = torch.where(hit, gt_idx, torch.full_like(gt_idx, -1)).max(dim=0).values
+                sel = last >= 0
+                block = assigned[start : start + step]
+                block[sel] = last[sel] + 1
+    return assigned, max_iou
+
+
+def sample_random(
+    assigned: torch.Tensor, num: int, pos_fraction: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random sampling of positives (``assigned > 0``) and negatives (``assigned == 0``), MMDetection
+    ``RandomSampler`` semantics: up to ``num * pos_fraction`` positives, negatives fill up to ``num``."""
+    pos = torch.nonzero(assigned > 0).flatten()
+    neg = torch.nonzero(assigned == 0).flatten()
+    num_pos = int(num * pos_fraction)
+    if pos.numel() > num_pos:
+        pos = pos[torch.randperm(pos.numel(), generator=generator, device="cpu")[:num_pos].to(pos.device)]
+    num_neg = num - pos.numel()
+    if neg.numel() > num_neg:
+        neg = neg[torch.randperm(neg.numel(), generator=generator, device="cpu")[:num_neg].to(neg.device)]
+    return pos, neg
+
+
+@dataclass
+class ProposalConfig:
+    """Proposal generation: top ``nms_pre`` anchors per level by objectness, horizontal NMS per level at
+    ``nms_iou`` on the proposals' envelopes, ``max_per_img`` kept, boxes with a side ``<= min_bbox_size`` dropped."""
+
+    nms_pre: int = 2000
+    nms_iou: float = 0.8
+    max_per_img: int = 2000
+    min_bbox_size: float = 0.0
+
+
+class OrientedRPNHead(nn.Module):
+    """Oriented region proposal network over a feature pyramid.
+
+    Args:
+        in_channels: channels of the pyramid levels (256).
+        feat_channels: channels of the shared 3x3 conv (256).
+        anchor_generator: anchors per level (official: strides 4..64, ratios 0.5/1/2, scale 8).
+        pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality: max-IoU assigner on horizontal envelopes.
+        num_samples, pos_fraction: anchors sampled per image for the loss (256, 0.5).
+        allowed_border: anchors sticking out of the image by more than this many pixels are not trained
+            (official 0; negative = train all anchors).
+        train_proposals, test_proposals: :class:`ProposalConfig` for training and inference.
+        smooth_l1_beta: beta of the regression loss (1/9).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 256,
+        feat_channels: int = 256,
+        anchor_generator: AnchorGenerator | None = None,
+        bbox_coder: MidpointOffsetCoder | None = None,
+        pos_iou_thr: float = 0.7,
+        neg_iou_thr: float = 0.3,
+        min_pos_iou: float = 0.3,
+        match_low_quality: bool = True,
+        num_samples: int = 256,
+        pos_fraction: float = 0.5,
+        allowed_border: float = 0.0,
+        train_proposals: ProposalConfig | None = None,
+        test_proposals: ProposalConfig | None = None,
+        smooth_l1_beta: float = 1.0 / 9.0,
+    ) -> None:
+        super().__init__()
+        self.anchor_generator = anchor_generator or AnchorGenerator()
+        self.bbox_coder = bbox_coder or MidpointOffsetCoder()
+        num_anchors = self.anchor_generator.num_anchors
+        self.rpn_conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
+        self.rpn_cls = nn.Conv2d(feat_channels, num_anchors, 1)
+        self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * 6, 1)
+        self.pos_iou_thr = pos_iou_thr
+        self.neg_iou_thr = neg_iou_thr
+        self.min_pos_iou = min_pos_iou
+        self.match_low_quality = match_low_quality
+        self.num_samples = num_samples
+        self.pos_fraction = pos_fraction
+        self.allowed_border = allowed_border
+        self.train_proposals = train_proposals or ProposalConfig()
+        self.test_proposals = test_proposals or ProposalConfig()
+        self.smooth_l1_beta = smooth_l1_beta
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.01) weights, zero biases (official initialisation)."""
+        for conv in (self.rpn_conv, self.rpn_cls, self.rpn_reg):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: objectness logits (B, A, H, W) and deltas (B, 6A, H, W)."""
+        logits, deltas = [], []
+        for x in feats:
+            x = F.relu(self.rpn_conv(x))
+            logits.append(self.rpn_cls(x))
+            deltas.append(self.rpn_reg(x))
+        return logits, deltas
+
+    @staticmethod
+    def _flatten(logits: list[torch.Tensor], deltas: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, sum HWA) logits and (B, sum HWA, 6) deltas in anchor order."""
+        b = logits[0].shape[0]
+        flat_logits = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1) for x in logits], dim=1)
+        flat_deltas = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 6) for x in deltas], dim=1)
+        return flat_logits, flat_deltas
+
+    def loss(
+        self,
+        logits: list[torch.Tensor],
+        deltas: list[torch.Tensor],
+        anchors: list[torch.Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        gt_rboxes: Sequence[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Sigmoid objectness loss and smooth-L1 midpoint-offset loss, both averaged over all sampled anchors
+        of the batch (``loss_rpn_cls``, ``loss_rpn_bbox``). ``image_sizes``: (h, w) of each image before padding."""
+        flat_logits, flat_deltas = self._flatten(logits, deltas)
+        all_anchors = torch.cat(anchors, dim=0)
+        cls_losses, reg_losses = [], []
+        num_total = 0
+        for i, (h, w) in enumerate(image_sizes):
+            if self.allowed_border >= 0:
+                b = self.allowed_border
+                inside = (
+                    (all_anchors[:, 0] >= -b)
+                    & (all_anchors[:, 1] >= -b)
+                    & (all_anchors[:, 2] < w + b)
+                    & (all_anchors[:, 3] < h + b)
+                )
+                inside_idx = torch.nonzero(inside).flatten()
+            else:
+                inside_idx = torch.arange(all_anchors.shape[0], device=all_anchors.device)
+            anchors_i = all_anchors[inside_idx]
+            gts = gt_rboxes[i]
+            gt_hboxes = rbox_to_hbox(gts) if gts.numel() else gts.new_zeros(0, 4)
+            assigned, _ = assign_max_iou(
+                box_iou,
+                gt_hboxes,
+                anchors_i,
+                self.pos_iou_thr,
+                self.neg_iou_thr,
+                self.min_pos_iou,
+                self.match_low_quality,
+            )
+            pos, neg = sample_random(assigned, self.num_samples, self.pos_fraction)
+            num_total += max(pos.numel(), 1) + max(neg.numel(), 1)
+            sel = torch.cat([pos, neg])
+            target = torch.zeros(sel.numel(), device=flat_logits.device, dtype=flat_logits.dtype)
+            target[: pos.numel()] = 1.0
+            cls_losses.append(
+                F.binary_cross_entropy_with_logits(flat_logits[i, inside_idx[sel]], target, reduction="sum")
+            )
+            if pos.numel():
+                reg_target = self.bbox_coder.encode(anchors_i[pos], gts[assigned[pos] - 1])
+                pred = flat_deltas[i, inside_idx[pos]]
+                reg_losses.append(
+                    F.smooth_l1_loss(pred, reg_target.to(pred.dtype), beta=self.smooth_l1_beta, reduction="sum")
+                )
+            else:
+                reg_losses.append(flat_deltas[i].sum() * 0.0)
+        return {
+            "loss_rpn_cls": torch.stack(cls_losses).sum() / num_total,
+            "loss_rpn_bbox": torch.stack(reg_losses).sum() / num_total,
+        }
+
+    @torch.no_grad()
+    def proposals(
+        self,
+        logits: list[torch.Tensor],
+        deltas: list[torch.Tensor],
+        anchors: list[torch.Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        cfg: ProposalConfig,
+    ) -> list[torch.Tensor]:
+        """Oriented proposals per image: (K, 6) = rbox (cx, cy, w, h, theta) + objectness score, by score."""
+        out = []
+        for i in range(len(image_sizes)):
+            scores, level_deltas, level_anchors, level_ids = [], [], [], []
+            for lvl, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
+                s = lg[i].permute(1, 2, 0).reshape(-1).sigmoid()
+                d = dl[i].permute(1, 2, 0).reshape(-1, 6)
+                if 0 < cfg.nms_pre < s.numel():
+                    s, idx = s.topk(cfg.nms_pre)
+                    d, an = d[idx], an[idx]
+                scores.append(s)
+                level_deltas.append(d)
+                level_anchors.append(an)
+                level_ids.append(torch.full_like(s, lvl, dtype=torch.long))
+            s = torch.cat(scores)
+            rboxes = self.bbox_coder.decode(torch.cat(level_anchors), torch.cat(level_deltas).float())
+            ids = torch.cat(level_ids)
+            if cfg.min_bbox_size >= 0:
+                valid = (rboxes[:, 2] > cfg.min_bbox_size) & (rboxes[:, 3] > cfg.min_bbox_size)
+                valid &= torch.isfinite(rboxes).all(dim=1)
+                if not bool(valid.all()):
+                    rboxes, s, ids = rboxes[valid], s[valid], ids[valid]
+            if rboxes.numel() == 0:
+                out.append(rboxes.new_zeros(0, 6))
+                continue
+            keep = batched_nms(rbox_to_hbox(rboxes), s.float(), ids, cfg.nms_iou)[: cfg.max_per_img]
+            out.append(torch.cat([rboxes[keep], s[keep, None].to(rboxes.dtype)], dim=1))
+        return out
