@@ -163,3 +163,11 @@ def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
     assert summary["num_test_images"] == 12 and 0.0 <= summary["test_accuracy"] <= 1.0
     assert Path(summary["confusion_matrix_png"]).is_file()
     assert (out / "predictions.csv").is_file()
+
+
+def test_resume_given_as_override_reuses_the_checkpoint_config(checkpoint, tmp_path):
+    last = checkpoint.parent / "last.ckpt"
+    out = tmp_path / "resumed"
+    assert main(["train", f"resume={last}", "trainer.max_epochs=2", f"run_dir={out}"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["epochs"] == 2 and summary["global_step"] == 4  # 12 training images / batch 6 = 2 steps per epoch

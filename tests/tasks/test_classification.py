@@ -148,3 +148,12 @@ def test_training_on_real_aid_subset_reduces_the_loss(shared_data, tmp_path):
     assert epoch_losses[-1] < 0.8 * epoch_losses[0], epoch_losses  # it fits the (fixed) training batches
     matrix, classes = read_confusion_csv(tmp_path / "aid" / "val_confusion_matrix.csv")
     assert len(classes) == 30 and classes[0] == "Airport"
+
+
+@pytest.mark.slow
+def test_default_demo_learns_far_above_chance(tmp_path):
+    from lsknet.tasks.classification import demo
+
+    summary = demo(tmp_path / "demo", budget_minutes=3.0)
+    assert summary["test_accuracy"] >= 0.8 and summary["val_accuracy"] >= 0.8  # chance is 1/6
+    assert (tmp_path / "demo" / "predictions.csv").is_file() and Path(summary["confusion_matrix_png"]).is_file()
