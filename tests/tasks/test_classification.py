@@ -157,3 +157,16 @@ def test_default_demo_learns_far_above_chance(tmp_path):
     summary = demo(tmp_path / "demo", budget_minutes=3.0)
     assert summary["test_accuracy"] >= 0.8 and summary["val_accuracy"] >= 0.8  # chance is 1/6
     assert (tmp_path / "demo" / "predictions.csv").is_file() and Path(summary["confusion_matrix_png"]).is_file()
+
+
+def test_model_checkpoint_loads_official_backbone_weights_and_resets_the_head(scenes, tmp_path):
+    import timm
+
+    official = timm.create_model("lsknet_t")  # 1000-class head, like lsk_t_backbone-2ef8a593.pth
+    torch.save({"state_dict": official.state_dict()}, tmp_path / "lsk_t_backbone.pth")
+    module, _ = build(tiny_config(scenes, tmp_path / "r", f"model.checkpoint={tmp_path / 'lsk_t_backbone.pth'}"))
+    loaded = module.model.state_dict()
+    for key, value in official.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(loaded[key], value), key
+    assert loaded["head.weight"].shape == (len(SCENE_CLASSES), 256)
