@@ -62,6 +62,18 @@ def _options_among_overrides(args: argparse.Namespace) -> None:
     args.overrides = rest
 
 
+def _task_module(name: str):
+    """``lsknet.tasks.get_task`` with a one-line error for a task whose module is not part of this install yet."""
+    from lsknet.tasks import TASK_MODULES, get_task
+
+    try:
+        return get_task(name)
+    except ModuleNotFoundError as err:
+        if err.name and TASK_MODULES.get(name, "").startswith(err.name):
+            raise ConfigError(f"task {name!r} is not available in this version of lsknet") from None
+        raise
+
+
 def _split_resume(overrides: list[str]) -> tuple[list[str], str | None]:
     """``resume=PATH`` is accepted among the overrides as well as ``--resume PATH``."""
     rest, resume = [], None
@@ -135,7 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lsknet.tasks import get_task, runner
+    from lsknet.tasks import runner
 
     module, _, cfg = runner.load_module(args.checkpoint, list(args.overrides), build_data=False)
     options: dict[str, Any] = {}
@@ -148,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.out
         else Path("runs") / str(cfg.get("name", cfg["task"])) / time.strftime("predict-%Y%m%d-%H%M%S")
     )
-    predict = get_task(cfg["task"]).predict
+    predict = _task_module(cfg["task"]).predict
     result = predict(module, list(args.sources), out, **_accepted(predict, options))
     for key, value in result.items():
         if isinstance(value, (list, tuple)):
@@ -158,15 +170,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lsknet.tasks import get_task
-
     _options_among_overrides(args)
     out = Path(args.out) if args.out else Path("runs") / f"demo_{args.task}" / time.strftime("%Y%m%d-%H%M%S")
     options: dict[str, Any] = {"seed": args.seed, "overrides": list(args.overrides)}
     if args.budget_minutes is not None:
         options["budget_minutes"] = args.budget_minutes
     print(f"lsknet demo ({args.task}): writing to {out}", file=sys.stderr, flush=True)
-    demo = get_task(args.task).demo
+    demo = _task_module(args.task).demo
     summary = demo(out, **_accepted(demo, options))
     for key, value in summary.items():
         if isinstance(value, float):
