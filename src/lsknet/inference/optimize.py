@@ -15,6 +15,11 @@ What :func:`optimize_for_inference` does, each step exact up to float rounding:
 - **Dilated depthwise conv by polyphase decomposition.** A 7x7 dilation-3 depthwise conv equals a dense 7x7
   depthwise conv on each of the 3x3 interleaved sub-grids (oneDNN's channels-last dilated depthwise path is very
   slow on CPU; the dense one is fast).
+- **Fused kernels, no huge temporaries.** On CPU, ``dw3x3 -> GELU`` and ``proj_1 -> GELU`` run as single oneDNN
+  kernels (checked once against the plain ops, else plain ops); residual updates are in place; the MLP (4-8x wider
+  hidden activations) runs over bands of rows with a 1-row halo, so its temporaries stay a few MB: cache-resident
+  and free of the page faults that fresh 30-130 MB tensors cost at 1024x1024. Its output bias is moved into
+  ``proj_2`` so the band ends in one bias-free GEMM accumulating into the residual.
 - optional ``torch.compile`` (``compile=True``) on top.
 
 The result is in eval mode, has no gradients, and accepts the same NCHW input as the original. Outputs are NCHW
@@ -157,16 +162,19 @@ class _FusedBlock(nn.Module):
         # x + ls1*(proj_2(u) + a1*x + c1) = (1 + ls1*a1)*x + (ls1*W2) u + ls1*(b2 + c1)
         w, b = _pointwise(attn.proj_2)
         self.register_buffer("p2_w", ls1[:, None] * w)
-        self.register_buffer("p2_b", ls1 * (b + c1))
+        w2 = ls2[:, None] * mlp.fc2.weight.flatten(1)
+        b2 = ls2 * mlp.fc2.bias
+        # the MLP's output bias b2 is added here already (y = x' + b2), so the MLP ends in one bias-free GEMM that
+        # accumulates into y; fc1 then sees y and compensates: fc1(x') = W1 y + (b1' - W1' b2)
+        self.register_buffer("p2_b", ls1 * (b + c1) + b2)
         self.register_buffer("res_scale", 1.0 + ls1 * a1)
         w, b = _pointwise(mlp.fc1)
         self.register_buffer("f1_w", w * a2[None, :])
-        self.register_buffer("f1_b", b + w @ c2)
+        self.register_buffer("f1_b", b + w @ c2 - (w * a2[None, :]) @ b2)
         self.register_buffer("dw_w", mlp.dwconv.dwconv.weight.clone())
         self.register_buffer("dw_b", mlp.dwconv.dwconv.bias.clone())
-        w, b = _pointwise(mlp.fc2)
-        self.register_buffer("f2_w", ls2[:, None] * w)
-        self.register_buffer("f2_b", ls2 * b)
+        self.register_buffer("f2_wt", w2.t().contiguous())  # (hidden, dim) for addmm
+        self.band_rows = 0  # 0: choose from the map size (see _mlp)
 
     def forward(self, x: Tensor) -> Tensor:
         u = _linear_gelu(x, self.p1_w, self.p1_b)
@@ -181,9 +189,28 @@ class _FusedBlock(nn.Module):
         gate = torch.sigmoid(_conv_nhwc(torch.cat([mean, mx], -1), self.sq_w, self.sq_b, padding=3))
         selected = torch.mul(s, gate[..., 0:1]).addcmul_(ls, gate[..., 1:2])
         attn = F.linear(selected, self.cv_w, self.cv_b)
-        x = F.linear(u.mul_(attn), self.p2_w, self.p2_b).addcmul_(x, self.res_scale)
-        h = _dw(F.linear(x, self.f1_w, self.f1_b), self.dw_w, self.dw_b, padding=1, gelu=True)
-        return F.linear(h, self.f2_w, self.f2_b).add_(x)
+        y = F.linear(u.mul_(attn), self.p2_w, self.p2_b).addcmul_(x, self.res_scale)
+        return self._mlp(y)
+
+    def _mlp(self, y: Tensor) -> Tensor:
+        """``y + fc2(GELU(dw3x3(fc1(y))))`` over bands of rows (+1 halo row each side), so the 4-8x wider hidden
+        activations stay small (cache-resident, no page faults for huge temporaries). Exact: halo rows computed
+        with the wrong (zero) padding are dropped; image borders keep the conv's zero padding."""
+        b, h, w, c = y.shape
+        hidden = self.f1_w.shape[0]
+        rows = self.band_rows or max(8, (4 << 20) // (w * hidden * 4))
+        if rows >= h:
+            t = _dw(F.linear(y, self.f1_w, self.f1_b), self.dw_w, self.dw_b, padding=1, gelu=True)
+            return torch.addmm(y.reshape(-1, c), t.reshape(-1, hidden), self.f2_wt).view(b, h, w, c)
+        out = torch.empty_like(y)
+        for i in range(b):
+            for r0 in range(0, h, rows):
+                r1 = min(h, r0 + rows)
+                s0, s1 = max(0, r0 - 1), min(h, r1 + 1)
+                t = _dw(F.linear(y[i : i + 1, s0:s1], self.f1_w, self.f1_b), self.dw_w, self.dw_b, 1, gelu=True)
+                t = t[:, r0 - s0 : r1 - s0].reshape(-1, hidden)
+                torch.addmm(y[i, r0:r1].reshape(-1, c), t, self.f2_wt, out=out[i, r0:r1].view(-1, c))
+        return out
 
 
 def _conv_nhwc(x: Tensor, weight: Tensor, bias: Tensor, stride: int = 1, padding: int = 0) -> Tensor:
@@ -245,6 +272,32 @@ class InferenceLSKNet(nn.Module):
         return self.head(last)
 
 
+class _CompiledWithFallback(nn.Module):
+    """``torch.compile`` of the optimized model; falls back to it (once, with a warning) if compiling fails."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.compiled = torch.compile(module, dynamic=False)
+        self.failed = False
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        return self.module.forward_features(x)
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if not self.failed:
+            try:
+                return self.compiled(x)
+            except Exception as err:  # toolchain-dependent (no C++ compiler, unsupported op, ...)
+                self.failed = True
+                _log.warning(
+                    "torch.compile failed (%s: %s); using the uncompiled optimized model",
+                    type(err).__name__,
+                    str(err).splitlines()[0] if str(err) else "",
+                )
+        return self.module(x)
+
+
 def optimize_for_inference(model: nn.Module, *, compile: bool = False) -> nn.Module:
     """Return an inference-optimized copy of an LSKNet classifier/backbone or timm ``features_only`` LSKNet.
 
@@ -266,11 +319,7 @@ def optimize_for_inference(model: nn.Module, *, compile: bool = False) -> nn.Mod
     param = next(source.parameters())
     fused = fused.to(param.device)
     if compile:
-        try:
-            compiled = torch.compile(fused, dynamic=False)
-            return compiled
-        except Exception as err:  # pragma: no cover - depends on the toolchain
-            _log.warning("torch.compile failed (%s); using the uncompiled optimized model", err)
+        return _CompiledWithFallback(fused)
     return fused
 
 
