@@ -85,7 +85,7 @@ def _single_log_lines() -> None:
     """Lightning adds its own console handler; when the root logger already prints (the CLI configures it),
     stop Lightning's records from propagating so every line appears once."""
     if logging.getLogger().handlers:
-        for name in ("lightning.pytorch", "lightning.fabric"):
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             lightning_log = logging.getLogger(name)
             if lightning_log.handlers:
                 lightning_log.propagate = False
