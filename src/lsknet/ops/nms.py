@@ -4,11 +4,13 @@ Result: exactly the boxes that the textbook greedy loop keeps (visit boxes by de
 unless an already kept box of the same class overlaps it with IoU > ``iou_threshold``). How:
 
 1. candidate pairs (i before j in score order, same class, overlapping axis-aligned envelopes found by sweep
-   and prune, area ratio above the threshold since IoU <= min(area) / max(area)): most pairs never appear;
-2. exact IoU (:mod:`lsknet.ops.iou`) for the candidates only, giving the "would suppress" edges;
-3. the greedy recurrence ``kept[j] = not any(kept[i] for edges i -> j)`` solved in parallel rounds: an
-   undecided box is removed once a kept box points at it and kept once all boxes pointing at it are removed.
-   Every round settles at least the best undecided box; real detections need a handful of rounds.
+   and prune, and an IoU upper bound from the areas and the envelope overlap above the threshold): most
+   pairs never reach step 2;
+2. the greedy recurrence ``kept[j] = not any(kept[i] and IoU(i, j) > t for candidate pairs i -> j)`` solved
+   in parallel rounds: an undecided box is removed once a kept box overlaps it too much and kept once every
+   candidate pointing at it is removed or overlaps it too little. The exact IoU (:mod:`lsknet.ops.iou`) is
+   computed lazily, only for pairs whose first box is kept. Every round settles at least the best undecided
+   box; real detections need a handful of rounds.
 
 Classes never interact (equivalent to MMCV's coordinate-offset trick, without its precision loss).
 """
@@ -74,8 +76,12 @@ def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_thres
         i, j = torch.minimum(i, j), torch.maximum(i, j)
         e1, e2 = env[i], env[j]
         ok = (e1[:, 0] < e2[:, 2]) & (e2[:, 0] < e1[:, 2]) & (e1[:, 1] < e2[:, 3]) & (e2[:, 1] < e1[:, 3])
+        # IoU = I / (A1 + A2 - I) grows with I, and I <= U = min(A1, A2, envelope overlap): skip pairs whose bound
+        # U / (A1 + A2 - U) cannot exceed the threshold (with a margin for rounding)
         a1, a2 = area[i], area[j]
-        ok &= torch.minimum(a1, a2) > iou_threshold * (1 - 1e-9) * torch.maximum(a1, a2)  # IoU <= min / max
+        ov = (torch.minimum(e1[:, 2:], e2[:, 2:]) - torch.maximum(e1[:, :2], e2[:, :2])).prod(1)
+        u = torch.minimum(torch.minimum(a1, a2), ov)
+        ok &= u > iou_threshold * (1 - 1e-9) * (a1 + a2 - u)
         if labels is not None:
             ok &= labels[i] == labels[j]
         src.append(i[ok])
@@ -128,25 +134,28 @@ def nms_rotated(
     # 1. candidate pairs (i < j in score order)
     src, dst = _candidate_pairs(env, area, lab, float(iou_threshold))
 
-    # 2. exact IoU on the candidates
-    if src.numel():
-        polys, areas, _ = _prepare(rbox_to_corners(boxes), "rboxes")
-        sup = _pair_overlaps(polys, areas, polys, areas, src, dst, "iou") > iou_threshold
-        src, dst = src[sup], dst[sup]
-
-    # 3. greedy recurrence in parallel rounds: 0 undecided, 1 kept, 2 removed
+    # 2 + 3. greedy recurrence in parallel rounds (box state 0 undecided, 1 kept, 2 removed), computing the
+    # exact IoU lazily: only edges from kept boxes can suppress, so edges from removed boxes never need it
+    polys, areas, _ = _prepare(rbox_to_corners(boxes), "rboxes")
     state = torch.zeros(k, dtype=torch.int8, device=device)
     has_pred = torch.zeros(k, dtype=torch.bool, device=device)
     has_pred[dst] = True
     state[~has_pred] = 1
+    verdict = torch.zeros(src.numel(), dtype=torch.int8, device=device)  # 0 unknown, 1 suppresses, 2 does not
     while src.numel():
-        s = state[src]
-        kept_pred = torch.zeros(k, dtype=torch.int32, device=device).index_add_(0, dst, (s == 1).int())
-        open_pred = torch.zeros(k, dtype=torch.int32, device=device).index_add_(0, dst, (s != 2).int())
+        s_state = state[src]
+        todo = (verdict == 0) & (s_state == 1)
+        if bool(todo.any()):
+            iou = _pair_overlaps(polys, areas, polys, areas, src[todo], dst[todo], "iou")
+            verdict[todo] = torch.where(iou > iou_threshold, 1, 2).to(torch.int8)
+        supp = torch.zeros(k, dtype=torch.int32, device=device).index_add_(0, dst, (verdict == 1).int())
+        open_ = torch.zeros(k, dtype=torch.int32, device=device).index_add_(
+            0, dst, ((verdict != 2) & (s_state != 2)).int()
+        )
         und = state == 0
-        state[und & (kept_pred > 0)] = 2
-        state[und & (open_pred == 0)] = 1
+        state[und & (supp > 0)] = 2
+        state[und & (open_ == 0)] = 1
         live = state[dst] == 0  # edges into settled boxes are done
-        src, dst = src[live], dst[live]
+        src, dst, verdict = src[live], dst[live], verdict[live]
     keep = cand[state == 1]
     return keep if max_dets is None else keep[:max_dets]
