@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-# Tests share 2 CPU cores in CI; more threads than cores only adds contention.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# CI runs the suite with 2 pytest-xdist workers on 2 cores: one torch thread per worker avoids oversubscription.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
