@@ -32,7 +32,14 @@ from lsknet.models.fpn import FPN
 from lsknet.models.roi_head import OrientedRoIHead, RoITestConfig
 from lsknet.models.rpn import AnchorGenerator, OrientedRPNHead, ProposalConfig
 
-__all__ = ["PIXEL_MEAN", "PIXEL_STD", "OrientedRCNN", "build_oriented_rcnn", "load_detector_checkpoint"]
+__all__ = [
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "OrientedRCNN",
+    "build_oriented_rcnn",
+    "detector_from_config",
+    "load_detector_checkpoint",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -231,6 +238,41 @@ def build_oriented_rcnn(
 
         load_backbone_weights(model.backbone, backbone_checkpoint)
     return model
+
+
+MODEL_CONFIG_KEYS = (
+    "name",
+    "checkpoint",
+    "backbone_checkpoint",
+    "drop_path_rate",
+    "proj_drop_rate",
+    "fpn_channels",
+    "rpn",
+    "roi",
+)
+
+
+def detector_from_config(model_cfg: Mapping[str, Any], num_classes: int, load_checkpoint: bool = True) -> OrientedRCNN:
+    """Build the detector described by a run config's ``model`` section (keys :data:`MODEL_CONFIG_KEYS`).
+
+    ``load_checkpoint=False`` skips ``checkpoint`` / ``backbone_checkpoint`` (when the weights come from a
+    training checkpoint anyway).
+    """
+    cfg = dict(model_cfg or {})
+    unknown = sorted(set(cfg) - set(MODEL_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown model key(s) {unknown}; known: {', '.join(MODEL_CONFIG_KEYS)}")
+    name = cfg.pop("name", "lsknet_t")
+    checkpoint = cfg.pop("checkpoint", None)
+    backbone_checkpoint = cfg.pop("backbone_checkpoint", None)
+    kwargs = {k: v for k, v in cfg.items() if v is not None}
+    return build_oriented_rcnn(
+        name,
+        num_classes=num_classes,
+        checkpoint=checkpoint if load_checkpoint else None,
+        backbone_checkpoint=backbone_checkpoint if load_checkpoint else None,
+        **kwargs,
+    )
 
 
 def _read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:

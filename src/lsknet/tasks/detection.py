@@ -1,0 +1,414 @@
+"""Oriented object detection task (Oriented R-CNN + LSKNet): LightningModule, LightningDataModule, ``build``,
+``predict``, ``demo``.
+
+Config sections (defaults in ``configs/detect.yaml``; the official recipe in ``configs/dota_lsknet_t_orcnn.yaml``):
+
+- ``model``: ``name`` (``lsknet_t``/``lsknet_s``), ``checkpoint`` (a detector checkpoint: MMRotate or lsknet),
+  ``backbone_checkpoint`` (ImageNet weights), ``drop_path_rate``, ``proj_drop_rate`` (the official ``drop_rate``),
+  ``fpn_channels``, ``rpn`` / ``roi`` (keyword overrides, see :func:`lsknet.models.oriented_rcnn.build_oriented_rcnn`).
+- ``data``: ``train_root`` / ``val_root`` / ``test_root`` (DOTA-format folders: ``images/`` + ``labelTxt/``, e.g.
+  from ``lsknet dota split``), ``val_gt_root`` (source-image ``labelTxt`` folder: validation patches are then merged
+  to source images before evaluation), ``classes`` (``dota1.0`` or names), ``image_size`` (training resize;
+  null = native), ``tile_size`` (prediction windows; default ``image_size``), ``batch_size``, ``eval_batch_size``,
+  ``num_workers``, ``filter_empty`` (training images without objects are skipped, as MMRotate; false keeps them
+  as negatives), ``min_object_size`` (objects whose rbox side is below this many pixels are dropped from training
+  targets and counted), ``augment`` (``flip``: bool, ``rotate_p``, ``angle_range``), ``strict``.
+- ``detect``: ``nan_patience`` (consecutive non-finite losses tolerated; each such step is skipped with a warning;
+  then training stops with a saved checkpoint), ``eval_iou`` (0.5), ``eval_metric`` (``voc07``), ``merge_iou`` (0.1).
+- ``optim`` (:mod:`lsknet.tasks.optim`), ``trainer`` (``monitor: val/mAP``), ``ema``.
+
+Images enter the model as RGB 0..255 (the dataset's 0..1 images are scaled). Logged: ``train/loss`` and its parts,
+``val/mAP`` (DOTA VOC07 by default, over classes present), ``val/mAP_50_95``; files (rank 0, run folder):
+``{val,test}_dota_metrics.json`` / ``.csv`` and, outside fitting, ``{val,test}_pr_curves/pr_<class>.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lsknet.data.detection import (
+    Compose,
+    DOTADetectionDataset,
+    RandomFlip,
+    RandomRotate,
+    Resize,
+    collate_detection,
+)
+from lsknet.data.dota import DOTAAnnotation, Task1Detections, get_classes, read_labeltxt_dir
+from lsknet.data.merge import merge_detections
+from lsknet.errors import ConfigError, DatasetFormatError, LSKNetError
+from lsknet.evaluation.dota import evaluate_dota
+from lsknet.inference.predictor import Predictor, write_outputs
+from lsknet.models.oriented_rcnn import detector_from_config
+from lsknet.ops import rbox_to_corners
+from lsknet.tasks.optim import build_optimization
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(LSKNetError):
+    """Raised when the loss stays non-finite for ``detect.nan_patience`` consecutive steps."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train / val / test loaders over DOTA-format folders (see the module docstring for the ``data`` keys)."""
+
+    def __init__(self, data_cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = dict(data_cfg)
+        self.classes = tuple(self.cfg["classes"])
+        self.datasets: dict[str, DOTADetectionDataset] = {}
+
+    def _train_transforms(self) -> Compose:
+        """Resize (``image_size``, ``keep_ratio``), flips (0.25 each), rotation (``rotate_p``; storage-tank and
+        roundabout by multiples of 90 degrees only)."""
+        aug = dict(self.cfg.get("augment") or {})
+        size = self.cfg.get("image_size")
+        steps: list[Any] = []
+        if size:
+            size = int(size) if isinstance(size, (int, float)) else [int(v) for v in size]
+            steps.append(Resize(size, keep_ratio=bool(self.cfg.get("keep_ratio", False))))
+        if aug.get("flip", True):
+            steps.append(RandomFlip())
+        rotate_p = float(aug.get("rotate_p", 0.0))
+        if rotate_p > 0:
+            rect = [i for i, c in enumerate(self.classes) if c in ("storage-tank", "roundabout")]
+            steps.append(RandomRotate(rotate_p, float(aug.get("angle_range", 180.0)), rect))
+        return Compose(steps)
+
+    def setup(self, stage: str | None = None) -> None:
+        strict = bool(self.cfg.get("strict", False))
+        roots = {
+            "train": self.cfg.get("train_root"),
+            "val": self.cfg.get("val_root"),
+            "test": self.cfg.get("test_root"),
+        }
+        if stage in (None, "fit") and "train" not in self.datasets:
+            if not roots["train"]:
+                raise ConfigError("data.train_root is not set: a DOTA-format folder (images/ + labelTxt/)")
+            self.datasets["train"] = DOTADetectionDataset(
+                roots["train"],
+                self.classes,
+                self._train_transforms(),
+                filter_empty=bool(self.cfg.get("filter_empty", True)),
+                strict=strict,
+            )
+        for split in ("val", "test"):
+            if split not in self.datasets and roots[split] and (stage in (None, "fit", "validate") or split == stage):
+                self.datasets[split] = DOTADetectionDataset(roots[split], self.classes, None, strict=strict)
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.datasets.items())
+        log.info("detection data: %d classes; %s images", len(self.classes), sizes)
+
+    def ground_truth(self, split: str) -> dict[str, DOTAAnnotation]:
+        """Ground truth the ``split`` is evaluated against (source images when ``val_gt_root`` is set)."""
+        gt_root = self.cfg.get(f"{split}_gt_root")
+        if gt_root:
+            return read_labeltxt_dir(gt_root, self.classes)
+        dataset = self.datasets[split]
+        return {i: dataset.annotations[i] or DOTAAnnotation() for i in dataset.image_ids}
+
+    def merges_patches(self, split: str) -> bool:
+        return bool(self.cfg.get(f"{split}_gt_root"))
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ConfigError(f"no {split} data configured (data.{split}_root)")
+        batch = int(
+            self.cfg.get("batch_size", 2) if train else self.cfg.get("eval_batch_size") or self.cfg.get("batch_size", 2)
+        )
+        workers = int(self.cfg.get("num_workers", 0))
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch,
+            shuffle=train,
+            drop_last=train and len(self.datasets[split]) > batch,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=collate_detection,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if "val" not in self.datasets:  # no validation data: training runs without validation
+            return []
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# module
+
+
+def _images(batch: dict[str, Any]) -> list[torch.Tensor]:
+    images = batch["images"]
+    return [img * 255.0 for img in (images if isinstance(images, list) else images.unbind(0))]
+
+
+def results_to_task1(
+    results: dict[str, dict[str, torch.Tensor]], classes: tuple[str, ...]
+) -> dict[str, Task1Detections]:
+    """Per-image results ``{image_id: {"rboxes", "scores", "labels"}}`` -> ``{class: Task1Detections}``."""
+    out = {}
+    for c_idx, name in enumerate(classes):
+        ids, scores, polys = [], [], []
+        for image_id, res in results.items():
+            sel = res["labels"] == c_idx
+            if bool(sel.any()):
+                ids.extend([image_id] * int(sel.sum()))
+                scores.append(res["scores"][sel].double().numpy())
+                polys.append(rbox_to_corners(res["rboxes"][sel].double()).numpy())
+        out[name] = Task1Detections(
+            np.asarray(ids, dtype=object),
+            np.concatenate(scores) if scores else np.zeros(0),
+            np.concatenate(polys) if polys else np.zeros((0, 4, 2)),
+        )
+    return out
+
+
+class OrientedDetector(L.LightningModule):
+    """Oriented R-CNN training / evaluation (see the module docstring)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.classes = tuple(config["data"]["classes"])
+        self.model = detector_from_config(config.get("model") or {}, len(self.classes))
+        det_cfg = config.get("detect") or {}
+        self.nan_patience = int(det_cfg.get("nan_patience", 5))
+        self.min_object_size = float((config.get("data") or {}).get("min_object_size", 2.0))
+        self._nan_streak = 0
+        self._dropped_small = 0
+        self._eval_results: dict[str, dict[str, torch.Tensor]] = {}
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections for RGB 0..255 images (list of (3, H, W))."""
+        return self.model(images)
+
+    def _targets(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        targets = []
+        for rboxes, labels in zip(batch["rboxes"], batch["labels"]):
+            keep = (rboxes[:, 2] >= self.min_object_size) & (rboxes[:, 3] >= self.min_object_size)
+            keep &= torch.isfinite(rboxes).all(dim=1)
+            self._dropped_small += int((~keep).sum())
+            targets.append({"rboxes": rboxes[keep], "labels": labels[keep]})
+        return targets
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        losses = self.model(_images(batch), self._targets(batch))
+        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+        if not torch.isfinite(loss):
+            self._nan_streak += 1
+            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+            warnings.warn(
+                f"step {self.global_step}: non-finite loss ({parts}); step skipped "
+                f"({self._nan_streak}/{self.nan_patience} in a row)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            if self._nan_streak >= self.nan_patience:
+                self._stop_diverged()
+            return None
+        self._nan_streak = 0
+        n = len(batch["labels"])
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        for key, value in losses.items():
+            self.log(f"train/{key}", value.detach(), on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def _stop_diverged(self) -> None:
+        trainer = self.trainer
+        path = Path(trainer.default_root_dir) / "checkpoints" / "diverged.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(path, weights_only=False)
+        raise TrainingDiverged(
+            f"training stopped: the loss was NaN/inf for {self._nan_streak} consecutive steps (step "
+            f"{self.global_step}); the last good weights are in {path}. Lower optim.lr, enable "
+            "trainer.gradient_clip_val, or check the data for degenerate boxes."
+        )
+
+    def on_train_start(self) -> None:
+        self._train_start = time.perf_counter()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        """With ``detect.time_budget_s`` set (the demo), training stops when the budget is spent and the learning
+        rate follows warmup (``optim.warmup_iters`` steps) then a cosine over the *elapsed fraction* of the
+        budget, so the schedule completes whatever the machine's speed."""
+        budget = (self.config.get("detect") or {}).get("time_budget_s")
+        if not budget:
+            return None
+        start = getattr(self, "_train_start", None)
+        if start is None:
+            start = self._train_start = time.perf_counter()
+        fraction = (time.perf_counter() - start) / float(budget)
+        if fraction >= 1.0:
+            self.trainer.should_stop = True
+            return -1
+        optim_cfg = self.config.get("optim") or {}
+        warmup = int(optim_cfg.get("warmup_iters", 0))
+        ratio = float(optim_cfg.get("warmup_ratio", 1.0 / 3.0))
+        floor = float(optim_cfg.get("min_lr_ratio", 0.0))
+        factor = 1.0 if self.global_step >= warmup else ratio + (1.0 - ratio) * self.global_step / warmup
+        factor *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+        optimizers = self.optimizers()
+        for opt in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group in opt.param_groups:
+                group["lr"] = group.get("initial_lr", group["lr"]) * factor
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        if self._dropped_small:
+            log.info(
+                "epoch %d: %d object(s) smaller than %.1f px dropped from the training targets",
+                self.current_epoch,
+                self._dropped_small,
+                self.min_object_size,
+            )
+            self._dropped_small = 0
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        results = self.model(_images(batch))
+        for image_id, res in zip(batch["image_id"], results):
+            self._eval_results[image_id] = {k: v.detach().cpu() for k, v in res.items()}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def _gather_results(self) -> dict[str, dict[str, torch.Tensor]]:
+        results = self._eval_results
+        self._eval_results = {}
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, results)
+            results = {k: v for part in gathered for k, v in part.items()}
+        return results
+
+    def _eval_epoch_end(self, split: str) -> None:
+        results = self._gather_results()
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        if not isinstance(datamodule, DetectionDataModule) or trainer.sanity_checking:
+            return
+        det_cfg = self.config.get("detect") or {}
+        if datamodule.merges_patches(split):
+            dets = merge_detections(results, self.classes, iou_thr=float(det_cfg.get("merge_iou", 0.1)))
+        else:
+            dets = results_to_task1(results, self.classes)
+        gt = datamodule.ground_truth(split)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report = evaluate_dota(
+                dets,
+                gt,
+                classes=self.classes,
+                metric=str(det_cfg.get("eval_metric", "voc07")),
+                iou_thr=float(det_cfg.get("eval_iou", 0.5)),
+            )
+        self.log(f"{split}/mAP", float(report.mAP), prog_bar=True, sync_dist=False, rank_zero_only=False)
+        if report.mAP_50_95 is not None:
+            self.log(f"{split}/mAP_50_95", float(report.mAP_50_95), sync_dist=False)
+        if trainer.is_global_zero:
+            root = Path(trainer.default_root_dir)
+            report.write_json(root / f"{split}_dota_metrics.json")
+            report.write_csv(root / f"{split}_dota_metrics.csv")
+            if trainer.state.fn != "fit":
+                report.plot_pr_curves(root / f"{split}_pr_curves")
+        self.last_eval_report = report
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trainer = self.trainer
+        total = max(1, int(trainer.estimated_stepping_batches))
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
+        batches = trainer.num_training_batches
+        steps_per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) and batches > 0 else total
+        max_epochs = max(1, math.ceil(total / steps_per_epoch))
+        return build_optimization(self.model, self.config.get("optim") or {}, steps_per_epoch, max_epochs)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# task contract
+
+
+def build(cfg: dict[str, Any]) -> tuple[OrientedDetector, DetectionDataModule]:
+    """Module + data module for ``cfg``; resolves ``data.classes`` (a list name such as ``dota1.0`` -> names)."""
+    cfg = dict(cfg)
+    data_cfg = dict(cfg.get("data") or {})
+    try:
+        data_cfg["classes"] = list(get_classes(data_cfg.get("classes") or "dota1.0"))
+    except (KeyError, ValueError, DatasetFormatError) as err:
+        raise ConfigError(f"data.classes: {err}") from None
+    cfg["data"] = data_cfg
+    return OrientedDetector(cfg), DetectionDataModule(data_cfg)
+
+
+def make_predictor(module: OrientedDetector, **options: Any) -> Predictor:
+    """A :class:`~lsknet.inference.predictor.Predictor` for a trained module (tile size from the config)."""
+    data_cfg = module.config.get("data") or {}
+    tile = options.pop("tile_size", None) or data_cfg.get("tile_size") or data_cfg.get("image_size") or 1024
+    return Predictor(module.model, module.classes, tile_size=int(tile), **options)
+
+
+def predict(
+    module: OrientedDetector,
+    sources: list[str | Path],
+    out_dir: Path,
+    score_thr: float = 0.05,
+    tile_size: int | None = None,
+    overlap: int = 200,
+    batch_size: int = 2,
+    draw_score_thr: float = 0.3,
+    strict: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Detect oriented objects in images / folders of any size; writes ``out_dir/task1/Task1_<class>.txt``,
+    ``out_dir/detections.json`` and ``out_dir/vis/<image>.png`` (boxes above ``draw_score_thr`` drawn)."""
+    overlap = min(int(overlap), int(tile_size or 10**9) - 1) if tile_size else int(overlap)
+    predictor = make_predictor(module, tile_size=tile_size, overlap=overlap, batch_size=batch_size, score_thr=score_thr)
+    if predictor.overlap >= predictor.tile_size:
+        predictor.overlap = predictor.tile_size // 4
+    module.eval()
+    start = time.perf_counter()
+    results = list(predictor.predict(sources, progress=progress, strict=strict))
+    written = write_outputs(results, out_dir, draw_score_thr=draw_score_thr)
+    return {
+        "num_images": len(results),
+        "num_detections": sum(len(r) for r in results),
+        "seconds": round(time.perf_counter() - start, 2),
+        "out_dir": str(out_dir),
+        **{k: v for k, v in written.items() if not isinstance(v, list)},
+    }
+
+
+def demo(out_dir: Path, **options: Any) -> dict[str, Any]:
+    """``lsknet demo --task detect``: see :func:`lsknet.tasks.detection_demo.run_demo`."""
+    from lsknet.tasks.detection_demo import run_demo
+
+    return run_demo(Path(out_dir), **options)
