@@ -81,6 +81,8 @@ _FUSED_OK: bool | None = None
 
 
 def _use_fused(x: Tensor) -> bool:
+    if torch.compiler.is_compiling():  # inductor fuses the plain ops itself (and needs constant weights for these)
+        return False
     return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad and _mkldnn_fused_ok()
 
 
