@@ -116,3 +116,37 @@ def test_seg_score_bad_inputs(tmp_path, capsys):
     assert main(args) == 2
     assert "cannot decode" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_seg_synth_and_tile(tmp_path, capsys):
+    from lsknet.data.segmentation import ISPRS_PALETTE, tile_windows
+
+    assert main(["seg", "synth", "--out", str(tmp_path / "s"), "--num", "2", "--size", "40", "--seed", "3"]) == 0
+    masks = sorted((tmp_path / "s" / "ann_dir").glob("*.png"))
+    assert len(masks) == 2
+    # turn the index masks into ISPRS colour masks, then cut tiles back to index masks
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    for m in masks:
+        Image.fromarray(np.array(ISPRS_PALETTE, np.uint8)[np.asarray(Image.open(m))]).save(colour / m.name)
+    args = ["seg", "tile", "--images", str(tmp_path / "s" / "img_dir"), "--masks", str(colour), "--out",
+            str(tmp_path / "t"), "--format", "isprs", "--size", "16", "--stride", "12"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["tiles"] == 2 * len(tile_windows(40, 40, 16, 12))
+    tile = np.asarray(Image.open(tmp_path / "t" / "ann_dir" / "scene_0000_12_24.png"))
+    np.testing.assert_array_equal(tile, np.asarray(Image.open(masks[0]))[12:28, 24:40])
+    # a colour outside the palette is a one-line error (exit 2) naming the file
+    bad = np.asarray(Image.open(colour / masks[0].name)).copy()
+    bad[0, 0] = (1, 2, 3)
+    Image.fromarray(bad).save(colour / masks[0].name)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "colours not in the palette" in err and "(1,2,3): 1 px" in err and masks[0].name in err
+
+
+@pytest.mark.slow
+def test_demo_segment_learns(tmp_path, capsys):
+    code = main(["demo", "--task", "segment", "--out", str(tmp_path / "demo"), "--budget-minutes", "4"])
+    assert code == 0
+    res = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert res["test_mIoU"] > 3 * res["chance_mIoU_uniform"]

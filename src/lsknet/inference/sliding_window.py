@@ -152,31 +152,29 @@ class SlidingWindowSegmenter:
         height, width = source.shape
         windows = tile_windows(height, width, self.window, self.stride)
         row_starts = sorted({y for y, _, _, _ in windows})
-        total = len(windows)
-        bar = _progress(total, self.progress)
-        base = 0  # first row held in the accumulators
-        acc: Tensor | None = None  # (K, rows, W)
-        wsum = torch.zeros(0, width)
+        bar = _progress(len(windows), self.progress)
+        # Accumulators hold the rows [base, base + cap): a row of windows starts at `base` (the first unfinished
+        # row) and is at most `cap` rows high, so they never grow; finished rows are flushed and the remaining
+        # (overlap) rows shifted up.
+        cap = min(self.window, height)
+        acc: Tensor | None = None  # (K, cap, W) weighted probability sums
+        wsum = torch.zeros(cap, width)  # (cap, W) weight sums
+        base = 0
         for r, y0 in enumerate(row_starts):
             row = [win for win in windows if win[0] == y0]
-            h = row[0][2]
-            need = y0 + h - base  # rows the accumulators must cover
-            weights = blend_weights(h, row[0][3], self.blend)
+            weights = blend_weights(row[0][2], row[0][3], self.blend)
             for i in range(0, len(row), self.batch_size):
                 batch = row[i : i + self.batch_size]
                 probs = self.probabilities([source.read(y, x, hh, ww) for y, x, hh, ww in batch])
                 if acc is None:
-                    acc = torch.zeros(probs.shape[1], 0, width)
-                if acc.shape[1] < need:
-                    acc = torch.cat([acc, torch.zeros(acc.shape[0], need - acc.shape[1], width)], 1)
-                    wsum = torch.cat([wsum, torch.zeros(need - wsum.shape[0], width)], 0)
+                    acc = torch.zeros(probs.shape[1], cap, width)
                 for (y, x, hh, ww), p in zip(batch, probs):
                     acc[:, y - base : y - base + hh, x : x + ww] += p * weights
                     wsum[y - base : y - base + hh, x : x + ww] += weights
                 bar.update(len(batch))
+            assert acc is not None
             done = row_starts[r + 1] if r + 1 < len(row_starts) else height
             n = done - base
-            assert acc is not None
             conf, labels = acc[:, :n].max(0)
             labels = labels.to(torch.uint8).numpy()
             conf = (conf / wsum[:n]).to(torch.float16).numpy()
@@ -185,7 +183,13 @@ class SlidingWindowSegmenter:
                 if mask is not None:
                     labels[mask] = 255
             sink(base, labels, conf)
-            acc, wsum, base = acc[:, n:].clone(), wsum[n:].clone(), done
+            keep = cap - n
+            if keep > 0:
+                acc[:, :keep] = acc[:, n:].clone()
+                wsum[:keep] = wsum[n:].clone()
+            acc[:, max(keep, 0) :] = 0
+            wsum[max(keep, 0) :] = 0
+            base = done
         bar.close()
 
     def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,6 +212,7 @@ def segment_file(
     palette: Sequence[Sequence[int]],
     outputs: Sequence[str] = ("index", "color", "overlay", "geotiff"),
     overlay_alpha: float = 0.5,
+    gdal_cache_mb: int = 64,
 ) -> dict[str, str]:
     """Segment one image file and write the requested outputs under ``out_dir`` (named after the file stem):
     ``index/<stem>.png`` (class indices, what ``lsknet seg score --pred`` reads), ``color/<stem>.png``,
@@ -230,7 +235,10 @@ def segment_file(
     written: dict[str, str] = {}
     want_png = any(o in outputs for o in ("index", "color", "overlay"))
     if is_georeferenced(path):
-        with GeoTiffSource(path) as src:
+        import rasterio
+
+        # GDAL's block cache would otherwise keep up to 5 % of the RAM of read / written blocks
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb), GeoTiffSource(path) as src:
             if src.dtype != np.uint8 and segmenter.input_scale == 255.0:
                 _log.warning(
                     "%s: %s pixels divided by input_scale=255; set input_scale for this sensor", path, src.dtype
