@@ -36,12 +36,23 @@ from lsknet.ops import nms_rotated, rbox_iou, rbox_to_corners, roi_align_rotated
 
 
 def timeit(fn, repeat: int) -> float:
-    times = []
+    """Median wall time; also records the median CPU time of this process in ``CPU_TIMES`` (less noisy on a
+    shared machine, since time spent waiting for a core is not counted)."""
+    walls, cpus = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    CPU_TIMES.append(statistics.median(cpus))
+    return statistics.median(walls)
+
+
+CPU_TIMES: list[float] = []
+
+
+def last_cpu() -> float:
+    return CPU_TIMES[-1]
 
 
 def random_rboxes(n: int, seed: int, image: float = 1024.0, smin: float = 8.0, smax: float = 150.0) -> torch.Tensor:
@@ -108,15 +119,19 @@ def bench_iou(args, out: dict) -> None:
     n = 2000
     a, b = random_rboxes(n, 1), random_rboxes(n, 2)
     ours = timeit(lambda: rbox_iou(a, b), args.repeat)
+    c_ours = last_cpu()
     pa, pb = shapely_polys(a), shapely_polys(b)
     rows = 200 if args.quick else n  # --quick: time shapely on 200 rows and scale linearly
     t_all = timeit(lambda: shapely_iou_all_pairs(pa[:rows], pb), 1) * n / rows
+    c_all = last_cpu() * n / rows
     t_tree = timeit(lambda: shapely_iou_strtree(pa, pb), args.repeat)
+    c_tree = last_cpu()
     err = np.abs(rbox_iou(a.double(), b.double()).numpy() - shapely_iou_strtree(pa, pb)).max()
     nz = float((rbox_iou(a, b) > 0).float().mean())
     out["iou_2000"] = dict(
         ours_s=ours, shapely_all_pairs_s=t_all, shapely_strtree_s=t_tree, overlapping_pairs=nz, max_abs_err=float(err)
     )
+    out["iou_2000"].update(ours_cpu_s=c_ours, shapely_all_pairs_cpu_s=c_all, shapely_strtree_cpu_s=c_tree)
     print(
         f"IoU 2000x2000 (sparse, {nz:.2%} of pairs overlap): ours {ours:.3f}s | shapely all pairs {t_all:.2f}s "
         f"({t_all / ours:.0f}x){' [extrapolated from 200 rows]' if args.quick else ''} | shapely+STRtree "
@@ -125,8 +140,10 @@ def bench_iou(args, out: dict) -> None:
     # dense: 500 x 500 boxes in a 100 px square, every pair overlaps
     a, b = random_rboxes(500, 3, image=100.0, smin=60, smax=150), random_rboxes(500, 4, image=100.0, smin=60, smax=150)
     ours = timeit(lambda: rbox_iou(a, b), args.repeat)
+    c_ours = last_cpu()
     pa, pb = shapely_polys(a), shapely_polys(b)
     t_all = timeit(lambda: shapely_iou_all_pairs(pa, pb), 1)
+    c_all = last_cpu()
     nz = float((rbox_iou(a, b) > 0).float().mean())
     out["iou_500_dense"] = dict(ours_s=ours, shapely_all_pairs_s=t_all, overlapping_pairs=nz)
     print(
@@ -182,19 +199,35 @@ def bench_roi_align(args, out: dict) -> None:
     out["roi_align_rotated"] = res
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def child(kind: str, n: int) -> None:
-    """One scaling point in a fresh process: prints JSON with the time and the peak RSS growth."""
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """One scaling point in a fresh process: prints JSON with the time and the peak RSS growth (a thread samples
+    the resident set every millisecond while the op runs)."""
+    import threading
+
     if kind == "iou":
         a, b = random_rboxes(n, 7), random_rboxes(n, 8)
         fn = lambda: rbox_iou(a, b)  # noqa: E731
     else:
         rb, sc, lab = clustered_detections(n, 15, 9)
         fn = lambda: nms_rotated(rb, sc, 0.1, labels=lab)  # noqa: E731
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base, peak, stop = _rss_mb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
     secs = timeit(fn, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps(dict(seconds=secs, peak_rss_growth_mb=(peak - base) / 1024)))
+    stop.set()
+    th.join()
+    print(json.dumps(dict(seconds=secs, cpu_seconds=last_cpu(), peak_rss_growth_mb=max(0.0, peak[0] - base))))
 
 
 def bench_scaling(args, out: dict) -> None:
@@ -206,7 +239,10 @@ def bench_scaling(args, out: dict) -> None:
                 subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             )
             res[f"{kind}_{n}"] = r
-            print(f"  {kind:3s} N={n:5d}: {r['seconds']:.3f}s, peak RSS growth {r['peak_rss_growth_mb']:.0f} MB")
+            print(
+                f"  {kind:3s} N={n:5d}: {r['seconds']:.3f}s (CPU {r['cpu_seconds']:.3f}s), "
+                f"peak RSS growth {r['peak_rss_growth_mb']:.0f} MB"
+            )
     out["scaling"] = res
 
 

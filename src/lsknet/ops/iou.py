@@ -124,9 +124,11 @@ def _pair_overlaps(pa, area_a, pb, area_b, ia: Tensor, ib: Tensor, mode: str) ->
     return torch.cat(out) if out else area_a.new_zeros(0)
 
 
-def _overlaps(a: Tensor, b: Tensor, aligned: bool, mode: str, names: tuple[str, str]) -> Tensor:
-    """``a``/``b``: validated (N, 4, 2) / (M, 4, 2) polygons in their input dtype."""
-    out_dtype = torch.promote_types(a.dtype, b.dtype)
+def _overlaps(
+    a: Tensor, b: Tensor, aligned: bool, mode: str, names: tuple[str, str], out_dtype: torch.dtype | None = None
+) -> Tensor:
+    """``a``/``b``: validated (N, 4, 2) / (M, 4, 2) polygons; result in ``out_dtype`` (default: promoted)."""
+    out_dtype = out_dtype or torch.promote_types(a.dtype, b.dtype)
     n, m = a.shape[0], b.shape[0]
     if aligned and n != m:
         raise ValueError(f"aligned=True needs the same number of {names[0]} and {names[1]}, got {n} and {m}")
@@ -138,9 +140,9 @@ def _overlaps(a: Tensor, b: Tensor, aligned: bool, mode: str, names: tuple[str, 
     if aligned:
         idx = torch.arange(n, device=a.device)
         return _pair_overlaps(pa, area_a, pb, area_b, idx, idx, mode).to(out_dtype)
-    result = torch.zeros((n, m), dtype=torch.float64, device=a.device)
+    result = torch.zeros((n, m), dtype=out_dtype, device=a.device)  # the only N x M allocation
     if n == 0 or m == 0:
-        return result.to(out_dtype)
+        return result
     rows = max(1, _MAX_ENVELOPE // m)
     for r0 in range(0, n, rows):
         ea = env_a[r0 : r0 + rows].unsqueeze(1)
@@ -149,8 +151,8 @@ def _overlaps(a: Tensor, b: Tensor, aligned: bool, mode: str, names: tuple[str, 
         hit &= (ea[..., 1] < eb[..., 3]) & (eb[..., 1] < ea[..., 3])
         i, j = torch.nonzero(hit, as_tuple=True)
         i = i + r0
-        result[i, j] = _pair_overlaps(pa, area_a, pb, area_b, i, j, mode)
-    return result.to(out_dtype)
+        result[i, j] = _pair_overlaps(pa, area_a, pb, area_b, i, j, mode).to(out_dtype)
+    return result
 
 
 def _rbox_overlaps(a: Tensor, b: Tensor, aligned: bool, mode: str) -> Tensor:
@@ -158,7 +160,7 @@ def _rbox_overlaps(a: Tensor, b: Tensor, aligned: bool, mode: str) -> Tensor:
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     # corners in float64: float32 corners of a thin box far from the origin would lose its height
     ca, cb = rbox_to_corners(a.to(torch.float64)), rbox_to_corners(b.to(torch.float64))
-    return _overlaps(ca, cb, aligned, mode, ("a", "b")).to(out_dtype)
+    return _overlaps(ca, cb, aligned, mode, ("a", "b"), out_dtype)
 
 
 def _prepare_tris(pieces: Tensor) -> Tensor:
