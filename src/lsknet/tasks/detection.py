@@ -268,6 +268,7 @@ class OrientedDetector(L.LightningModule):
         floor = float(optim_cfg.get("min_lr_ratio", 0.0))
         factor = 1.0 if self.global_step >= warmup else ratio + (1.0 - ratio) * self.global_step / warmup
         factor *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+        self.budget_lr_factor = factor
         optimizers = self.optimizers()
         for opt in optimizers if isinstance(optimizers, list) else [optimizers]:
             for group in opt.param_groups:
