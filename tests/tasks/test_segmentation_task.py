@@ -155,3 +155,27 @@ def test_real_crops_train_and_evaluate(shared_data, tmp_path):
         assert 0.0 <= res["val/mIoU"] <= 1.0 and 0.0 <= res["val/OA"] <= 1.0
         m = module.last_metrics
         assert m["pixels"] > 0 and len(m["IoU"]) == (6 if fmt == "isprs" else 7)
+
+
+def test_initial_weights_load_at_fit_only(scenes, tmp_path):
+    import timm
+
+    import lsknet.models.backbone  # noqa: F401
+    from lsknet.errors import CheckpointError
+
+    classifier = timm.create_model("lsknet_t")
+    torch.save(classifier.state_dict(), tmp_path / "bb.pth")
+    cfg = _cfg(scenes, tmp_path, [f"model.backbone_checkpoint={tmp_path / 'bb.pth'}"])
+    module, _ = build(cfg)
+    key = "model.patch_embed1.proj.weight"
+    assert not torch.equal(module.model.backbone.state_dict()[key], classifier.state_dict()["patch_embed1.proj.weight"])
+    module.setup("fit")
+    torch.testing.assert_close(
+        module.model.backbone.state_dict()[key], classifier.state_dict()["patch_embed1.proj.weight"]
+    )
+    # rebuilding from a stored config on a machine without the file works; fitting from it is a clear error
+    (tmp_path / "bb.pth").unlink()
+    module, _ = build(cfg)
+    module.setup("validate")
+    with pytest.raises(CheckpointError, match="not found"):
+        module.setup("fit")

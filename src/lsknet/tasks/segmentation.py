@@ -186,8 +186,6 @@ class SegmentationTask(L.LightningModule):
             str(m.get("variant", "lsknet_t")),
             str(m.get("head", "unetformer")),
             self.coding.num_classes,
-            checkpoint=m.get("checkpoint"),
-            backbone_checkpoint=m.get("backbone_checkpoint"),
             aux_head=bool(m.get("aux_head", True)),
             decode_channels=m.get("decode_channels"),
             window_size=int(m.get("window_size", 8)),
@@ -211,6 +209,25 @@ class SegmentationTask(L.LightningModule):
             {s: MulticlassConfusionMatrix(k, ignore_index=self.coding.ignore_index) for s in ("val", "test")}
         )
         self.last_metrics: dict[str, Any] = {}
+
+    def setup(self, stage: str) -> None:
+        """Load the initial weights (``model.checkpoint`` / ``model.backbone_checkpoint``) when fitting starts.
+
+        Done here rather than in ``__init__`` so that rebuilding a trained module from its checkpoint (eval,
+        predict, another machine) never needs those files; on resume Lightning restores the saved weights after.
+        """
+        if stage != "fit" or getattr(self, "_initial_weights_loaded", False):
+            return
+        from lsknet.models.segmentation import load_backbone, load_segmenter_checkpoint
+
+        m = self.config.get("model") or {}
+        if m.get("backbone_checkpoint"):
+            load_backbone(self.model, m["backbone_checkpoint"])
+            log.info("loaded backbone weights from %s", m["backbone_checkpoint"])
+        if m.get("checkpoint"):
+            load_segmenter_checkpoint(self.model, m["checkpoint"])
+            log.info("loaded segmenter weights from %s", m["checkpoint"])
+        self._initial_weights_loaded = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` for normalised images ``(B, C, H, W)``."""
@@ -402,7 +419,7 @@ def demo(
         "val_OA": val.get("val/OA"),
         "test_mIoU": test_metrics["mIoU"],
         "test_OA": test_metrics["OA"],
-        "chance_mIoU_uniform": _chance_miou(test_dir / "gt", k),
+        **_chance_miou(test_dir / "gt", k),
         "steps": int(result.metrics.get("global_step", 0)),
         "max_steps": max_steps,
         "seconds": round(time.perf_counter() - start, 1),
@@ -412,14 +429,17 @@ def demo(
     }
     write_json(summary, out_dir / "metrics.json")
     print(
-        f"segmentation demo: test mIoU {summary['test_mIoU']:.3f} (chance {summary['chance_mIoU_uniform']:.3f}), "
+        f"segmentation demo: test mIoU {summary['test_mIoU']:.3f} "
+        f"(chance: uniform {summary['chance_mIoU_uniform']:.3f}, "
+        f"majority class {summary['chance_mIoU_majority']:.3f}), "
         f"val mIoU {float(summary['val_mIoU'] or 0):.3f}, {summary['steps']} steps in {summary['seconds']} s"
     )
     return summary
 
 
-def _chance_miou(gt_dir: Path, k: int) -> float:
-    """Expected mIoU of a uniformly random labelling: IoU_c = p_c (1/K) / (p_c + 1/K - p_c/K) for class share p_c."""
+def _chance_miou(gt_dir: Path, k: int) -> dict[str, float]:
+    """Baselines on the ground truth: expected mIoU of a uniformly random labelling (IoU_c = p_c q / (p_c + q - p_c q)
+    with q = 1/K, for class share p_c) and mIoU of predicting the majority class everywhere (its share / classes)."""
     from lsknet.evaluation.segmentation import read_index_mask
 
     counts = np.zeros(k)
@@ -428,5 +448,8 @@ def _chance_miou(gt_dir: Path, k: int) -> float:
         counts += np.bincount(m[m < k].ravel(), minlength=k)[:k]
     share = counts / counts.sum()
     q = 1.0 / k
-    ious = [s * q / (s + q - s * q) for s in share if s > 0]
-    return float(np.mean(ious))
+    present = share[share > 0]
+    return {
+        "chance_mIoU_uniform": float(np.mean([s * q / (s + q - s * q) for s in present])),
+        "chance_mIoU_majority": float(share.max() / len(present)),
+    }
