@@ -52,6 +52,13 @@ def test_seg_score_hand_computed(tmp_path, capsys):
     assert res["OA"] == pytest.approx(8 / 9)
     assert (tmp_path / "score_confusion.csv").exists() and (tmp_path / "score_confusion.png").exists()
     assert "mIoU" in capsys.readouterr().out
+    # excluding class 2 by name: means over classes 0 and 1 only
+    assert main(["seg", "score", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "4",
+                 "--class-names", "road,roof,clutter,sky", "--exclude", "clutter", "--out", str(out)]) == 0  # fmt: skip
+    res = json.loads(out.read_text())
+    assert res["excluded"] == ["clutter"] and res["mIoU"] == pytest.approx((0.5 + 6 / 7) / 2)
+    assert main(["seg", "score", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--num-classes", "4",
+                 "--exclude", "water", "--out", str(out)]) == 2  # fmt: skip
 
 
 def test_seg_score_reduce_zero_label(tmp_path):

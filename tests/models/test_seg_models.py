@@ -168,8 +168,8 @@ def test_smp_timm_universal_encoder():
     smp = pytest.importorskip("segmentation_models_pytorch")
     import lsknet.models.backbone  # noqa: F401
 
-    model = smp.Unet(
-        "tu-lsknet_s", encoder_weights=None, classes=4, encoder_depth=4, decoder_channels=(64, 32, 16, 8)
-    ).eval()
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+    archs = [smp.Unet] + ([smp.UPerNet] if hasattr(smp, "UPerNet") else [])
+    for arch in archs:
+        model = arch("tu-lsknet_s", encoder_weights=None, classes=4).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4, 64, 64)

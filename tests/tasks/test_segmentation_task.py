@@ -179,3 +179,12 @@ def test_initial_weights_load_at_fit_only(scenes, tmp_path):
     module.setup("validate")
     with pytest.raises(CheckpointError, match="not found"):
         module.setup("fit")
+
+
+def test_split_include_list(scenes, tmp_path):
+    cfg = _cfg(scenes, tmp_path, ["data.val={images: val/img_dir, masks: val/ann_dir, include: [scene_0001]}"])
+    ds = build(cfg)[1]._dataset("val")
+    assert [p[0].name for p in ds.pairs] == ["scene_0001.png"]
+    cfg["data"]["val"]["include"] = ["scene_0001", "scene_0042"]
+    with pytest.raises(DatasetFormatError, match="scene_0042"):
+        build(cfg)[1]._dataset("val")
