@@ -170,3 +170,18 @@ def test_model_checkpoint_loads_official_backbone_weights_and_resets_the_head(sc
         if not key.startswith("head."):
             assert torch.equal(loaded[key], value), key
     assert loaded["head.weight"].shape == (len(SCENE_CLASSES), 256)
+
+
+def test_trained_checkpoint_loads_without_its_starting_weights_file(scenes, tmp_path):
+    import timm
+
+    starting = tmp_path / "lsk_t_backbone.pth"
+    torch.save({"state_dict": timm.create_model("lsknet_t").state_dict()}, starting)
+    cfg = tiny_config(scenes, tmp_path / "r", f"model.checkpoint={starting}", "trainer.max_epochs=1")
+    result = runner.train(cfg)
+    trained_weights = result.module.model.state_dict()
+    starting.unlink()  # the run's starting weights are gone (e.g. the checkpoint moved to another machine)
+    module, _, loaded_cfg = runner.load_module(result.best_checkpoint, build_data=False)
+    assert loaded_cfg["model"]["checkpoint"] == str(starting)  # the stored config still records the origin
+    for key, value in module.model.state_dict().items():
+        assert torch.allclose(value, trained_weights[key]), key

@@ -34,6 +34,7 @@ global rank 0.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import os
@@ -288,6 +289,10 @@ def check_state_dict_fits(module: torch.nn.Module, state_dict: dict[str, torch.T
         raise CheckpointError(f"{source}: does not fit model {name} (wrong variant or task?): " + "; ".join(problems))
 
 
+# ``model`` keys naming weights a run starts from (not needed to rebuild a trained checkpoint).
+STARTING_WEIGHT_KEYS = ("checkpoint", "backbone_checkpoint")
+
+
 def load_module(
     checkpoint_path: str | Path, overrides: list[str] | None = None, build_data: bool = True
 ) -> tuple[L.LightningModule, L.LightningDataModule | None, dict[str, Any]]:
@@ -297,7 +302,13 @@ def load_module(
     """
     checkpoint = read_lightning_checkpoint(checkpoint_path)
     cfg = apply_overrides(checkpoint_config(checkpoint_path, checkpoint), list(overrides or []))
-    module, datamodule = get_task(cfg["task"]).build(cfg)
+    # The trained weights come from this checkpoint: the starting weights named in the config (which may not exist on
+    # this machine) are not needed to rebuild the network.
+    build_cfg = copy.deepcopy(cfg)
+    for key in STARTING_WEIGHT_KEYS:
+        if isinstance(build_cfg.get("model"), dict) and build_cfg["model"].get(key):
+            build_cfg["model"][key] = None
+    module, datamodule = get_task(cfg["task"]).build(build_cfg)
     state_dict = checkpoint["state_dict"]
     check_state_dict_fits(module, state_dict, str(checkpoint_path))
     module.load_state_dict(state_dict)
