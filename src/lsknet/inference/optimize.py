@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
@@ -394,6 +395,7 @@ def benchmark(
         "size": size,
         "batch": batch,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "compile": compile,
         "params": params,
         "params_backbone": params_backbone,
