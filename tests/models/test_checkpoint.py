@@ -275,3 +275,17 @@ def test_generic_load_checkpoint_for_non_backbone_models(tmp_path):
     wrong = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3))
     with pytest.raises(CheckpointError, match=r"0\.weight"):
         lsknet.load_checkpoint(wrong, tmp_path / "n.pth")
+
+
+def test_real_world_metadata_loads(tmp_path, t_weights):
+    """timm training files carry argparse ``args``; MMCV ``meta`` may hold NumPy scalars. Both are plain data."""
+    import argparse
+
+    import numpy as np
+
+    meta = {"hook_msgs": {"best_score": np.float64(0.81), "best_epoch": np.int64(11)}, "dtype": np.dtype("float32")}
+    torch.save(
+        {"state_dict": t_weights, "args": argparse.Namespace(lr=1e-3, model="lsk_t"), "meta": meta}, tmp_path / "c.pth"
+    )
+    loaded = read_checkpoint(tmp_path / "c.pth")
+    assert torch.equal(loaded["patch_embed1.proj.weight"], t_weights["patch_embed1.proj.weight"])

@@ -20,6 +20,7 @@ matches the model's, otherwise skipped and reported (fine-tuning to a new number
 
 from __future__ import annotations
 
+import argparse
 import logging
 import pickle
 from collections.abc import Mapping
@@ -100,6 +101,24 @@ def normalize_state_dict(state_dict: Mapping[str, Tensor], prefix: str | None = 
     return cleaned
 
 
+def _data_only_globals() -> list:
+    """Plain-data classes that real checkpoints carry besides tensors, allowed for ``weights_only`` loading:
+    ``argparse.Namespace`` (timm training ``args``) and NumPy scalars/dtypes (MMCV ``meta``, e.g. best scores),
+    under both the NumPy 1 and NumPy 2 module paths. None of them can run code."""
+    allowed: list = [argparse.Namespace]
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        return allowed
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    allowed += [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return allowed
+
+
 def read_checkpoint(path: str | Path, *, use_ema: bool = True, prefix: str | None = None) -> dict[str, Tensor]:
     """Read a checkpoint file into a clean backbone state dict (un-nested, wrapper and ``backbone.`` prefixes gone).
 
@@ -110,7 +129,8 @@ def read_checkpoint(path: str | Path, *, use_ema: bool = True, prefix: str | Non
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_data_only_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: refused to unpickle (weights_only=True): {first}") from err
