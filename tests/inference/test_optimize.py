@@ -94,3 +94,15 @@ def test_row_banded_mlp_is_exact(rows):
         ref = model.forward_intermediates(x, intermediates_only=True)
         got = fast.forward_features(x)
     assert all(_rel(g, r) < 1e-4 for g, r in zip(got, ref))
+
+
+def test_plain_op_path_matches_too(monkeypatch):
+    """Without oneDNN's fused kernels (GPU, other builds, float64) the plain-op path gives the same function."""
+    import lsknet.inference.optimize as opt
+
+    monkeypatch.setattr(opt, "_FUSED_OK", False)
+    model = _randomize(timm.create_model("lsknet_t", num_classes=4), seed=5).eval().double()
+    fast = optimize_for_inference(model)
+    x = torch.randn(1, 3, 40, 56, dtype=torch.float64)
+    with torch.no_grad():
+        assert _rel(fast(x), model(x)) < 1e-10
