@@ -196,3 +196,13 @@ def test_resize_scales_corners_exactly():
     s = _sample_with_mask()
     t = Resize((48, 200))(s)
     torch.testing.assert_close(t["polys"], s["polys"] * torch.tensor([200 / 128, 48 / 96]))
+
+
+def test_image_without_objects_is_an_empty_sample_through_the_transforms(tmp_path: Path):
+    generate_dota_scenes(tmp_path, num_images=1, size=64, seed=3, objects_per_image=(0, 0),
+                         dense_probability=0.0, truncated_fraction=0.0)  # fmt: skip
+    ds = DOTADetectionDataset(tmp_path, classes=SYNTH_CLASSES, transforms=train_transforms(SYNTH_CLASSES, rotate_p=1.0))
+    sample = ds[0]
+    assert sample["polys"].shape == (0, 4, 2) and sample["rboxes"].shape == (0, 5)
+    assert sample["labels"].dtype == torch.int64 and sample["difficult"].dtype == torch.bool
+    assert len(sample["labels"]) == len(sample["difficult"]) == 0

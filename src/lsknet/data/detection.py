@@ -294,7 +294,11 @@ class DOTADetectionDataset(Dataset):
             labels = torch.from_numpy(ann.labels(self.classes))
             difficult = torch.from_numpy(ann.difficult > 0)
         else:
-            polys, labels, difficult = torch.zeros((0, 4, 2)), torch.zeros(0, dtype=torch.int64), torch.zeros(0, bool)
+            polys, labels, difficult = (
+                torch.zeros((0, 4, 2)),
+                torch.zeros(0, dtype=torch.int64),
+                torch.zeros(0, dtype=torch.bool),
+            )
         sample = {
             "image": image,
             "polys": polys,
