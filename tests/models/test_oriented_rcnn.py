@@ -298,6 +298,8 @@ def test_train_returns_losses_and_eval_returns_results():
         {"rboxes": torch.tensor([[40.0, 40.0, 50.0, 20.0, 0.4]]), "labels": torch.tensor([2])},
         {"rboxes": torch.zeros(0, 5), "labels": torch.zeros(0, dtype=torch.long)},  # image without objects
     ]
+    targets[0]["rboxes"] = torch.cat([targets[0]["rboxes"], torch.tensor([[120.0, 10.0, 40.0, 16.0, 0.2]])])
+    targets[0]["labels"] = torch.tensor([2, 0])  # the second box sticks out of the 128 x 96 image
     model.train()
     losses = model(images, targets)
     assert {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"} <= set(losses)
@@ -317,6 +319,8 @@ def test_train_returns_losses_and_eval_returns_results():
         if n:
             assert bool((r["rboxes"][:, 2] >= r["rboxes"][:, 3]).all())  # le90: w is the long side
             assert bool((r["rboxes"][:, 4] >= -math.pi / 2).all()) and bool((r["rboxes"][:, 4] < math.pi / 2).all())
+    with torch.no_grad():  # an image smaller than one stride-32 cell still runs (padded)
+        assert model([torch.rand(3, 12, 20) * 255])[0]["rboxes"].shape[1] == 5
     with pytest.raises(ValueError, match="labels"):
         model.train()
         model(images[:1], [{"rboxes": torch.zeros(1, 5), "labels": torch.tensor([3])}])
