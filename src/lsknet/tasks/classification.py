@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 import time
 import warnings
@@ -47,7 +46,7 @@ from lsknet.data.scene import (
 )
 from lsknet.errors import ConfigError, DatasetFormatError, DataSkipWarning
 from lsknet.evaluation.classification import write_classification_report, write_json
-from lsknet.tasks.optim import build_optimization
+from lsknet.tasks.optim import optimization_for_trainer
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +247,7 @@ class SceneClassifier(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        trainer = self.trainer
-        total = max(1, int(trainer.estimated_stepping_batches))  # honours max_epochs, max_steps, limit_train_batches
-        accumulate = max(1, int(trainer.accumulate_grad_batches))
-        batches = trainer.num_training_batches
-        steps_per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) and batches > 0 else total
-        max_epochs = max(1, math.ceil(total / steps_per_epoch))
-        return build_optimization(self.model, self.config.get("optim") or {}, steps_per_epoch, max_epochs)
+        return optimization_for_trainer(self.model, self.config.get("optim") or {}, self.trainer)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -108,3 +108,17 @@ def build_optimization(
     optimizer = build_optimizer(model, optim_cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(optim_cfg, steps_per_epoch, max_epochs))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def optimization_for_trainer(model: nn.Module, optim_cfg: dict[str, Any], trainer: Any) -> dict[str, Any]:
+    """``configure_optimizers`` for any task: the schedule length comes from the Lightning ``trainer``.
+
+    ``trainer.estimated_stepping_batches`` honours ``max_epochs``, ``max_steps``, ``limit_train_batches`` and gradient
+    accumulation; epochs in the config (warmup, milestones, restarts) are converted with the optimizer steps per epoch.
+    """
+    total = max(1, int(trainer.estimated_stepping_batches))
+    accumulate = max(1, int(trainer.accumulate_grad_batches))
+    batches = trainer.num_training_batches
+    steps_per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) and batches > 0 else total
+    max_epochs = max(1, math.ceil(total / steps_per_epoch))
+    return build_optimization(model, optim_cfg, steps_per_epoch, max_epochs)

@@ -15,7 +15,6 @@ Validation logs ``val/mIoU`` (monitored), ``val/mF1``, ``val/OA``, ``val/IoU/<cl
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from lsknet.data.segmentation import (
 from lsknet.errors import ConfigError, DatasetFormatError
 from lsknet.evaluation.segmentation import metrics_from_confusion, plot_confusion_png, write_confusion_csv, write_json
 from lsknet.models.segmentation import SegmentationLoss, build_segmenter
-from lsknet.tasks.optim import build_optimization
+from lsknet.tasks.optim import optimization_for_trainer
 
 log = logging.getLogger(__name__)
 
@@ -279,13 +278,7 @@ class SegmentationTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        trainer = self.trainer
-        total = max(1, int(trainer.estimated_stepping_batches))
-        accumulate = max(1, int(trainer.accumulate_grad_batches))
-        batches = trainer.num_training_batches
-        steps_per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) and batches > 0 else total
-        max_epochs = max(1, math.ceil(total / steps_per_epoch))
-        return build_optimization(self.model, self.config.get("optim") or {}, steps_per_epoch, max_epochs)
+        return optimization_for_trainer(self.model, self.config.get("optim") or {}, self.trainer)
 
 
 # ------------------------------------------------------------------------------------------------- task contract
