@@ -22,7 +22,7 @@ from typing import Any
 from lsknet.config import apply_overrides, dump_config, load_config
 from lsknet.errors import ConfigError
 
-DEFAULT_DEMO_TASK = "classify"
+DEFAULT_DEMO_TASK = "detect"
 
 
 def _options_among_overrides(args: argparse.Namespace) -> None:

@@ -152,7 +152,8 @@ def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> 
     return t.contiguous()
 
 
-def _list_sources(sources: Iterable[Any]) -> list[Any]:
+def list_image_sources(sources: Iterable[Any]) -> list[Any]:
+    """Expand folders (recursively, image suffixes only) and check that files exist; other objects pass through."""
     items: list[Any] = []
     for source in sources:
         if isinstance(source, (str, Path)):
@@ -282,7 +283,7 @@ class Predictor:
         Unreadable files raise :class:`DatasetFormatError` (``strict``) or are skipped with a
         :class:`DataSkipWarning`.
         """
-        items = _list_sources(sources)
+        items = list_image_sources(sources)
         bar = None
         if progress:
             from tqdm.auto import tqdm

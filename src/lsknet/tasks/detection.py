@@ -48,7 +48,7 @@ from lsknet.data.dota import DOTAAnnotation, Task1Detections, get_classes, read_
 from lsknet.data.merge import merge_detections
 from lsknet.errors import ConfigError, DatasetFormatError, LSKNetError
 from lsknet.evaluation.dota import evaluate_dota
-from lsknet.inference.predictor import Predictor, write_outputs
+from lsknet.inference.predictor import Predictor, list_image_sources, write_outputs
 from lsknet.models.oriented_rcnn import detector_from_config
 from lsknet.ops import rbox_to_corners
 from lsknet.tasks.optim import build_optimization
@@ -371,10 +371,15 @@ def build(cfg: dict[str, Any]) -> tuple[OrientedDetector, DetectionDataModule]:
 
 
 def make_predictor(module: OrientedDetector, **options: Any) -> Predictor:
-    """A :class:`~lsknet.inference.predictor.Predictor` for a trained module (tile size from the config)."""
+    """A :class:`~lsknet.inference.predictor.Predictor` for a trained module: tile size from the config
+    (``data.tile_size``, else ``data.image_size``); an ``overlap`` not below the tile size becomes a quarter tile."""
     data_cfg = module.config.get("data") or {}
     tile = options.pop("tile_size", None) or data_cfg.get("tile_size") or data_cfg.get("image_size") or 1024
-    return Predictor(module.model, module.classes, tile_size=int(tile), **options)
+    tile = int(max(tile) if isinstance(tile, (list, tuple)) else tile)
+    overlap = int(options.pop("overlap", 200))
+    if overlap >= tile:
+        overlap = tile // 4
+    return Predictor(module.model, module.classes, tile_size=tile, overlap=overlap, **options)
 
 
 def predict(
@@ -386,21 +391,25 @@ def predict(
     overlap: int = 200,
     batch_size: int = 2,
     draw_score_thr: float = 0.3,
-    strict: bool = True,
+    strict: bool | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Detect oriented objects in images / folders of any size; writes ``out_dir/task1/Task1_<class>.txt``,
-    ``out_dir/detections.json`` and ``out_dir/vis/<image>.png`` (boxes above ``draw_score_thr`` drawn)."""
-    overlap = min(int(overlap), int(tile_size or 10**9) - 1) if tile_size else int(overlap)
+    ``out_dir/detections.json`` and ``out_dir/vis/<image>.png`` (boxes above ``draw_score_thr`` drawn).
+
+    Unreadable images are skipped with a :class:`DataSkipWarning` and counted (``strict``, default
+    ``data.strict``: an error instead)."""
+    if strict is None:
+        strict = bool((module.config.get("data") or {}).get("strict", False))
     predictor = make_predictor(module, tile_size=tile_size, overlap=overlap, batch_size=batch_size, score_thr=score_thr)
-    if predictor.overlap >= predictor.tile_size:
-        predictor.overlap = predictor.tile_size // 4
     module.eval()
     start = time.perf_counter()
     results = list(predictor.predict(sources, progress=progress, strict=strict))
     written = write_outputs(results, out_dir, draw_score_thr=draw_score_thr)
+    sources_found = len(list_image_sources(sources))
     return {
         "num_images": len(results),
+        "skipped": sources_found - len(results),
         "num_detections": sum(len(r) for r in results),
         "seconds": round(time.perf_counter() - start, 2),
         "out_dir": str(out_dir),

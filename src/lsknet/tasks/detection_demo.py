@@ -66,7 +66,7 @@ def run_demo(
     demo_cfg = dict(cfg.pop("demo", {}) or {})
     if threads:
         torch.set_num_threads(int(threads))
-    classes = tuple(demo_cfg.get("classes") or ("large-vehicle", "plane", "ship", "storage-tank"))
+    classes = tuple(demo_cfg.get("classes") or ("large-vehicle", "plane", "storage-tank", "tennis-court"))
     size = int(demo_cfg.get("image_size", 256))
     synth = {
         "size": size,
