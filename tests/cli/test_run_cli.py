@@ -155,7 +155,7 @@ def test_demo_runs_end_to_end_with_a_tiny_budget(tmp_path, capsys):
     out = tmp_path / "demo"
     overrides = ["demo.per_class=6", "demo.test_per_class=2", "demo.image_size=32", "demo.min_epochs=1"]
     overrides += ["data.image_size=32", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
-    code = main(["demo", "--out", str(out), "--budget-minutes", "0.05", *overrides])
+    code = main(["demo", "--task", "classify", "--out", str(out), "--budget-minutes", "0.05", *overrides])
     assert code == 0
     text = capsys.readouterr().out
     assert f"results in {out}" in text and "test_accuracy:" in text
