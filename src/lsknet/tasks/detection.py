@@ -51,7 +51,7 @@ from lsknet.evaluation.dota import evaluate_dota
 from lsknet.inference.predictor import Predictor, list_image_sources, write_outputs
 from lsknet.models.oriented_rcnn import detector_from_config
 from lsknet.ops import rbox_to_corners
-from lsknet.tasks.optim import build_optimization
+from lsknet.tasks.optim import optimization_for_trainer
 
 log = logging.getLogger(__name__)
 
@@ -345,13 +345,7 @@ class OrientedDetector(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        trainer = self.trainer
-        total = max(1, int(trainer.estimated_stepping_batches))
-        accumulate = max(1, int(trainer.accumulate_grad_batches))
-        batches = trainer.num_training_batches
-        steps_per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) and batches > 0 else total
-        max_epochs = max(1, math.ceil(total / steps_per_epoch))
-        return build_optimization(self.model, self.config.get("optim") or {}, steps_per_epoch, max_epochs)
+        return optimization_for_trainer(self.model, self.config.get("optim") or {}, self.trainer)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
