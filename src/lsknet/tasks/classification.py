@@ -46,7 +46,7 @@ from lsknet.data.scene import (
 )
 from lsknet.errors import ConfigError, DatasetFormatError, DataSkipWarning
 from lsknet.evaluation.classification import write_classification_report, write_json
-from lsknet.tasks.optim import optimization_for_trainer
+from lsknet.tasks.base import TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +164,11 @@ class SceneDataModule(L.LightningDataModule):
 # module
 
 
-class SceneClassifier(L.LightningModule):
+class SceneClassifier(TaskModule):
     """Image -> class logits; cross-entropy with label smoothing; AdamW + warmup + cosine (``optim`` section)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.save_hyperparameters({"config": config})
-        self.config = config
+        super().__init__(config)
         self.classes: list[str] = list(config["data"]["classes"])
         num_classes = len(self.classes)
         self.model = build_classifier(config.get("model") or {}, num_classes)
@@ -239,15 +237,6 @@ class SceneClassifier(L.LightningModule):
         # The PNG is drawn outside of fitting only (final validation with the best checkpoint, eval): it is slow.
         plot = trainer.state.fn != "fit"
         write_classification_report(confusion, self.classes, trainer.default_root_dir, f"{stage}_", extra, plot=plot)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimization_for_trainer(self.model, self.config.get("optim") or {}, self.trainer)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

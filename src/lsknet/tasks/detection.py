@@ -51,7 +51,7 @@ from lsknet.evaluation.dota import evaluate_dota
 from lsknet.inference.predictor import Predictor, list_image_sources, write_outputs
 from lsknet.models.oriented_rcnn import detector_from_config
 from lsknet.ops import rbox_to_corners
-from lsknet.tasks.optim import optimization_for_trainer
+from lsknet.tasks.base import TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +183,11 @@ def results_to_task1(
     return out
 
 
-class OrientedDetector(L.LightningModule):
+class OrientedDetector(TaskModule):
     """Oriented R-CNN training / evaluation (see the module docstring)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.save_hyperparameters({"config": config})
-        self.config = config
+        super().__init__(config)
         self.classes = tuple(config["data"]["classes"])
         self.model = detector_from_config(config.get("model") or {}, len(self.classes))
         det_cfg = config.get("detect") or {}
@@ -337,15 +335,6 @@ class OrientedDetector(L.LightningModule):
             if trainer.state.fn != "fit":
                 report.plot_pr_curves(root / f"{split}_pr_curves")
         self.last_eval_report = report
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimization_for_trainer(self.model, self.config.get("optim") or {}, self.trainer)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

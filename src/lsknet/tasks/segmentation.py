@@ -39,7 +39,7 @@ from lsknet.data.segmentation import (
 from lsknet.errors import ConfigError, DatasetFormatError
 from lsknet.evaluation.segmentation import metrics_from_confusion, plot_confusion_png, write_confusion_csv, write_json
 from lsknet.models.segmentation import SegmentationLoss, build_segmenter
-from lsknet.tasks.optim import optimization_for_trainer
+from lsknet.tasks.base import TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -170,13 +170,11 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(TaskModule):
     """Segmenter + CE/Dice/aux loss; confusion-matrix metrics per evaluation epoch; AdamW + schedule from ``optim``."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.save_hyperparameters({"config": config})
-        self.config = config
+        super().__init__(config)
         self.coding = coding_from_config(config.get("data") or {})
         self.class_names = list(self.coding.class_names)
         self.palette = list(self.coding.palette or default_palette(self.coding.num_classes))
@@ -270,15 +268,6 @@ class SegmentationTask(L.LightningModule):
         write_confusion_csv(cm, out / f"{stage}_confusion.csv", self.class_names)
         if trainer.state.fn != "fit":  # the PNG is slow: drawn for final validation / eval only
             plot_confusion_png(cm, out / f"{stage}_confusion.png", self.class_names)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optimization_for_trainer(self.model, self.config.get("optim") or {}, self.trainer)
 
 
 # ------------------------------------------------------------------------------------------------- task contract
