@@ -154,6 +154,34 @@ def _short(keys: list[str], n: int = 6) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def load_state_dict_checked(
+    model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str, what: str, strict: bool = True, hint: str = ""
+) -> None:
+    """Load a whole-model ``state_dict`` into ``model``; raise :class:`CheckpointError` naming the keys when it does
+    not fit: shape mismatches always, missing and unexpected keys when ``strict``. ``what`` names the model in the
+    message; ``hint`` is appended to it (e.g. which setting to check). A ``backbone.*`` shape mismatch adds a
+    wrong-variant hint."""
+    target = model.state_dict()
+    mismatched = [
+        f"{k} (checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)})"
+        for k, v in state_dict.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    problems = []
+    if mismatched:
+        variant = " (wrong backbone variant?)" if any(m.startswith("backbone.") for m in mismatched) else ""
+        problems.append(f"{len(mismatched)} shape mismatch(es){variant}: {_short(mismatched, 3)}")
+    if strict and missing:
+        problems.append(f"{len(missing)} missing key(s): {_short(missing)}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_short(unexpected)}")
+    if problems:
+        raise CheckpointError(f"{source}: does not fit {what}: " + "; ".join(problems) + (f" {hint}" if hint else ""))
+    model.load_state_dict(dict(state_dict), strict=strict)
+
+
 def match_state_dict(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],

@@ -23,7 +23,12 @@ from torch import nn
 
 from lsknet.errors import CheckpointError, ConfigError
 from lsknet.models import backbone as _backbone  # noqa: F401  (registers lsknet_t / lsknet_s in timm)
-from lsknet.models.checkpoint import load_backbone_weights, normalize_state_dict, read_checkpoint
+from lsknet.models.checkpoint import (
+    load_backbone_weights,
+    load_state_dict_checked,
+    normalize_state_dict,
+    read_checkpoint,
+)
 
 __all__ = ["MODEL_NAMES", "create_model", "load_checkpoint"]
 
@@ -89,22 +94,5 @@ def load_checkpoint(
     state_dict = read_checkpoint(path, use_ema=use_ema, prefix="")
     if prefix:
         state_dict = normalize_state_dict(state_dict, prefix=prefix)
-    target = model.state_dict()
-    mismatched = [
-        f"{k} (checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)})"
-        for k, v in state_dict.items()
-        if k in target and v.shape != target[k].shape
-    ]
-    missing = sorted(set(target) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(target))
-    problems = []
-    if mismatched:
-        problems.append(f"shape mismatch: {', '.join(mismatched[:4])}")
-    if strict and missing:
-        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:6])}")
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:6])}")
-    if problems:
-        raise CheckpointError(f"{path}: does not fit {type(model).__name__}: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=strict)
+    load_state_dict_checked(model, state_dict, source=str(path), what=type(model).__name__, strict=strict)
     return model

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from lsknet.errors import CheckpointError, ConfigError
+from lsknet.models.checkpoint import load_state_dict_checked
 from lsknet.models.fpn import FPN
 from lsknet.models.roi_head import OrientedRoIHead, RoITestConfig
 from lsknet.models.rpn import AnchorGenerator, OrientedRPNHead, ProposalConfig
@@ -322,22 +323,5 @@ def load_detector_checkpoint(
             f"{source}: checkpoint was trained for {have} classes but the model has {model.num_classes}; "
             f"build the model with num_classes={have}"
         )
-    mismatched = [
-        f"{k} (checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)})"
-        for k, v in cleaned.items()
-        if k in target and v.shape != target[k].shape
-    ]
-    missing = sorted(set(target) - set(cleaned))
-    unexpected = sorted(set(cleaned) - set(target))
-    problems = []
-    if mismatched:
-        hint = " (wrong backbone variant?)" if any(m.startswith("backbone.") for m in mismatched) else ""
-        problems.append(f"{len(mismatched)} shape mismatch(es){hint}: {', '.join(mismatched[:3])}")
-    if strict and missing:
-        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:6])}")
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:6])}")
-    if problems:
-        raise CheckpointError(f"{source}: does not fit the Oriented R-CNN model: " + "; ".join(problems))
-    model.load_state_dict(cleaned, strict=strict)
+    load_state_dict_checked(model, cleaned, source=source, what="the Oriented R-CNN model", strict=strict)
     return {"loaded": sorted(cleaned), "ignored": sorted(ignored)}

@@ -155,7 +155,7 @@ def load_backbone(model: Segmenter, path: str | Path) -> None:
 
 def load_segmenter_checkpoint(model: Segmenter, path: str | Path) -> None:
     """Load a whole-segmenter checkpoint (strict), or a backbone-only checkpoint into the backbone."""
-    from lsknet.models.checkpoint import read_checkpoint
+    from lsknet.models.checkpoint import load_state_dict_checked, read_checkpoint
 
     sd = read_checkpoint(path, prefix="")
     if any(k.startswith("model.decode_head.") for k in sd):  # Lightning module with the segmenter as .model
@@ -163,22 +163,11 @@ def load_segmenter_checkpoint(model: Segmenter, path: str | Path) -> None:
     if not any(k.startswith("decode_head.") for k in sd):
         load_backbone(model, path)
         return
-    target = model.state_dict()
     if model.aux_head is None:  # a trained checkpoint carries its auxiliary head; inference models may drop it
         sd = {k: v for k, v in sd.items() if not k.startswith("aux_head.")}
-    missing = sorted(set(target) - set(sd))
-    unexpected = sorted(set(sd) - set(target))
-    shape = [
-        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
-        for k, v in sd.items()
-        if k in target and v.shape != target[k].shape
-    ]
-    if missing or unexpected or shape:
-        raise CheckpointError(
-            f"{path}: does not fit this segmenter: missing {missing[:4]}, unexpected {unexpected[:4]}, "
-            f"shape mismatch {shape[:3]} (check variant, head and num_classes)"
-        )
-    model.load_state_dict(sd, strict=True)
+    load_state_dict_checked(
+        model, sd, source=str(path), what="this segmenter", hint="(check variant, head and num_classes)"
+    )
 
 
 def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, smooth: float = 0.05) -> Tensor:
