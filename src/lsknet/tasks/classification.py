@@ -46,7 +46,7 @@ from lsknet.data.scene import (
 )
 from lsknet.errors import ConfigError, DatasetFormatError, DataSkipWarning
 from lsknet.evaluation.classification import write_classification_report, write_json
-from lsknet.tasks.base import TaskModule
+from lsknet.tasks.base import TaskModule, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -134,21 +134,7 @@ class SceneDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:
             raise ConfigError(f"no {split} data configured (data.{split}_root or data.root)")
-        batch = int(
-            self.cfg.get("batch_size", 32)
-            if train
-            else self.cfg.get("eval_batch_size") or self.cfg.get("batch_size", 32)
-        )
-        workers = int(self.cfg.get("num_workers", 0))
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch,
-            shuffle=train,
-            drop_last=train and len(self.datasets[split]) > batch,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return make_loader(self.datasets[split], self.cfg, train, default_batch=32)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -51,7 +51,7 @@ from lsknet.evaluation.dota import evaluate_dota
 from lsknet.inference.predictor import Predictor, list_image_sources, write_outputs
 from lsknet.models.oriented_rcnn import detector_from_config
 from lsknet.ops import rbox_to_corners
-from lsknet.tasks.base import TaskModule
+from lsknet.tasks.base import TaskModule, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +127,7 @@ class DetectionDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:
             raise ConfigError(f"no {split} data configured (data.{split}_root)")
-        batch = int(
-            self.cfg.get("batch_size", 2) if train else self.cfg.get("eval_batch_size") or self.cfg.get("batch_size", 2)
-        )
-        workers = int(self.cfg.get("num_workers", 0))
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch,
-            shuffle=train,
-            drop_last=train and len(self.datasets[split]) > batch,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            collate_fn=collate_detection,
-        )
+        return make_loader(self.datasets[split], self.cfg, train, default_batch=2, collate_fn=collate_detection)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

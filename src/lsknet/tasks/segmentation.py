@@ -39,7 +39,7 @@ from lsknet.data.segmentation import (
 from lsknet.errors import ConfigError, DatasetFormatError
 from lsknet.evaluation.segmentation import metrics_from_confusion, plot_confusion_png, write_confusion_csv, write_json
 from lsknet.models.segmentation import SegmentationLoss, build_segmenter
-from lsknet.tasks.base import TaskModule
+from lsknet.tasks.base import TaskModule, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +139,7 @@ class SegmentationDataModule(L.LightningDataModule):
         ds = self._dataset(split)
         if ds is None:
             raise ConfigError(f"data.{split} is not set (images/masks folders of the {split} split)")
-        bs = int(self.cfg.get("batch_size", 8)) if split == "train" else int(self.cfg.get("eval_batch_size") or 1)
-        workers = int(self.cfg.get("num_workers", 0))
-        return DataLoader(
-            ds, batch_size=bs, shuffle=shuffle, num_workers=workers, drop_last=shuffle and len(ds) > bs,
-            persistent_workers=workers > 0, collate_fn=_collate,
-        )  # fmt: skip
+        return make_loader(ds, self.cfg, shuffle, default_batch=8, collate_fn=_collate, eval_batch=1)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
