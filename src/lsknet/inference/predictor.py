@@ -316,6 +316,17 @@ class Predictor:
                     del pending[idx]
             queue.clear()
 
+        def finished() -> Iterator[Detections]:
+            """Yield the completed results in input order (skipped images advance the bar only)."""
+            nonlocal next_out
+            while next_out in done:
+                result = done.pop(next_out)
+                next_out += 1
+                if bar is not None:
+                    bar.update(1)
+                if result is not None:
+                    yield result
+
         for idx, item in enumerate(items):
             path = Path(item) if isinstance(item, (str, Path)) else None
             try:
@@ -344,21 +355,9 @@ class Predictor:
                         queue.append((idx, x0, y0, image[:, y0 : y0 + self.tile_size, x0 : x0 + self.tile_size]))
                         if len(queue) >= self.batch_size:
                             flush()
-            while next_out in done:
-                result = done.pop(next_out)
-                next_out += 1
-                if bar is not None:
-                    bar.update(1)
-                if result is not None:
-                    yield result
+            yield from finished()
         flush()
-        while next_out in done:
-            result = done.pop(next_out)
-            next_out += 1
-            if bar is not None:
-                bar.update(1)
-            if result is not None:
-                yield result
+        yield from finished()
         if bar is not None:
             bar.close()
 
