@@ -11,54 +11,17 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from lsknet.data.synthetic_scenes import generate_scene_dataset
 
-WORKER = textwrap.dedent(
-    """
-    import hashlib, json, os, sys
-    import torch
-    torch.set_num_threads(1)
-    from lsknet.cli.main import main
-    from lsknet.tasks import runner
-
-    captured = {}
-    train = runner.train
-
-    def capture(*args, **kwargs):
-        captured["result"] = result = train(*args, **kwargs)
-        return result
-
-    runner.train = capture
-    code = main(["train", "classify", *sys.argv[2:]])
-    result = captured["result"]
-    rank = int(os.environ["RANK"])
-    params = torch.cat([p.detach().flatten() for p in result.module.model.parameters()]).double()
-    report = {
-        "code": code,
-        "rank": rank,
-        "world_size": result.trainer.world_size,
-        "strategy": type(result.trainer.strategy).__name__,
-        "global_step": result.trainer.global_step,
-        "param_sha": hashlib.sha256(params.numpy().tobytes()).hexdigest(),
-        "param_sum": float(params.sum()),
-        "val_acc": float(result.trainer.callback_metrics["val/acc"]),
-        "run_dir": str(result.run_dir),
-    }
-    with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as handle:
-        json.dump(report, handle)
-    """
-)
+from .ddp_helpers import train_on_two_ranks
 
 
 def test_two_process_ddp_ranks_agree(tmp_path):
     root = generate_scene_dataset(tmp_path / "data", per_class=8, size=32, seed=0)  # 48 images, 24 for training
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER)
     overrides = [
         f"data.root={root}",
         "data.image_size=32",
@@ -75,19 +38,13 @@ def test_two_process_ddp_ranks_agree(tmp_path):
         "trainer.log_every_n_steps=1",
         "optim.warmup_epochs=0",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env.pop("LSKNET_RUN_DIR", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += [str(worker), str(tmp_path), *overrides]
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    reports = train_on_two_ranks(tmp_path, "classify", overrides)
     for report in reports:
         assert report["code"] == 0 and report["world_size"] == 2 and report["strategy"] == "DDPStrategy"
         # 24 training images sharded over 2 ranks, batch 6 -> 2 steps per epoch (4 in a single process)
         assert report["global_step"] == 4
     assert reports[0]["param_sha"] == reports[1]["param_sha"]
-    assert reports[0]["val_acc"] == reports[1]["val_acc"]
+    assert reports[0]["metrics"]["val/acc"] == reports[1]["metrics"]["val/acc"]
     assert reports[0]["run_dir"] == reports[1]["run_dir"]
     run_dir = tmp_path / reports[0]["run_dir"]
     assert run_dir.parent == tmp_path / "runs" / "classify" and run_dir.name.startswith("torchrun-")
