@@ -44,7 +44,7 @@ def _naive_window_attention(gla: GlobalLocalAttention, x: torch.Tensor) -> torch
     hd = c // heads
     qkv = gla.qkv(x)
     out = torch.zeros_like(x)
-    table = gla.rel_bias  # ((2ws-1)^2, heads)
+    table = gla.relative_position_bias_table  # ((2ws-1)^2, heads)
     bias = torch.empty(heads, ws * ws, ws * ws)
     for i in range(ws * ws):
         for j in range(ws * ws):
@@ -63,7 +63,7 @@ def _naive_window_attention(gla: GlobalLocalAttention, x: torch.Tensor) -> torch
 def test_window_attention_matches_naive_loop():
     gla = GlobalLocalAttention(dim=16, num_heads=4, window_size=4).eval()
     with torch.no_grad():
-        gla.rel_bias.normal_()
+        gla.relative_position_bias_table.normal_()
         x = torch.randn(2, 16, 8, 12)
         got = gla.window_attention(x)
         want = _naive_window_attention(gla, x)

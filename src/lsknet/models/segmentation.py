@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lsknet.errors import CheckpointError, ConfigError
-from lsknet.models.unetformer import UNetFormerAuxHead, UNetFormerHead
+from lsknet.models.unetformer import OLD_LAYOUT_PREFIXES, UNetFormerHead
 from lsknet.models.upernet import FCNAuxHead, UPerNetHead
 
 __all__ = ["Segmenter", "SegmentationLoss", "build_segmenter", "dice_loss", "HEADS"]
@@ -64,10 +64,8 @@ class Segmenter(nn.Module):
         feats, size = self._features(x)
         padded = (size[0] + (-size[0]) % self.size_divisor, size[1] + (-size[1]) % self.size_divisor)
         aux = None
-        if isinstance(self.decode_head, UNetFormerHead):
-            logits, stages = self.decode_head(feats, return_aux=True)
-            if self.aux_head is not None:
-                aux = self.aux_head(stages)
+        if isinstance(self.decode_head, UNetFormerHead):  # GeoSeg layout: the auxiliary head lives in the decoder
+            logits, aux = self.decode_head(feats, return_aux=True)
         else:
             logits = self.decode_head(feats)
             if self.aux_head is not None:
@@ -125,9 +123,12 @@ def build_segmenter(
     except RuntimeError as err:
         raise ConfigError(f"cannot build backbone {name!r} with features_only: {err}") from err
     channels = list(backbone.feature_info.channels())
+    aux: nn.Module | None
     if head == "unetformer":
-        decode = UNetFormerHead(channels, num_classes, decode_channels or 64, window_size, num_heads, dropout)
-        aux = UNetFormerAuxHead(decode.channels, num_classes, dropout) if aux_head else None
+        decode = UNetFormerHead(
+            channels, num_classes, decode_channels or 64, dropout, window_size, num_heads=num_heads, aux_head=aux_head
+        )
+        aux = None  # decode_head.aux_head, as in GeoSeg's Decoder
     else:
         decode = UPerNetHead(channels, num_classes, decode_channels or 512, pool_scales, dropout)
         aux = FCNAuxHead(channels[-2], num_classes, aux_channels, dropout) if aux_head else None
@@ -153,20 +154,42 @@ def load_backbone(model: Segmenter, path: str | Path) -> None:
         raise CheckpointError(f"{path}: {len(missing)} backbone key(s) missing, e.g. {', '.join(missing[:5])}")
 
 
+def from_geoseg_layout(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """GeoSeg UNetFormer keys (``[net.]backbone.*`` + ``[net.]decoder.*``, the Lightning ``Supervision_Train``
+    module holding the model as ``net``) -> this segmenter's (``backbone.*`` + ``decode_head.*``); other keys kept."""
+    if any(k.startswith("net.decoder.") for k in state_dict):
+        state_dict = {k[len("net.") :]: v for k, v in state_dict.items() if k.startswith("net.")}
+    renamed = {}
+    for k, v in state_dict.items():
+        renamed["decode_head." + k[len("decoder.") :] if k.startswith("decoder.") else k] = v
+    return renamed
+
+
 def load_segmenter_checkpoint(model: Segmenter, path: str | Path) -> None:
-    """Load a whole-segmenter checkpoint (strict), or a backbone-only checkpoint into the backbone."""
+    """Load a whole-segmenter checkpoint (strict): lsknet's own, or GeoSeg's UNetFormer layout (``backbone.`` +
+    ``decoder.`` keys, e.g. their timm ResNet-18 models: build with ``backbone_kwargs={"out_indices": (1, 2, 3,
+    4)}``). A backbone-only checkpoint goes into the backbone."""
     from lsknet.models.checkpoint import load_state_dict_checked, read_checkpoint
 
     sd = read_checkpoint(path, prefix="")
     if any(k.startswith("model.decode_head.") for k in sd):  # Lightning module with the segmenter as .model
         sd = {k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")}
+    sd = from_geoseg_layout(sd)
     if not any(k.startswith("decode_head.") for k in sd):
         load_backbone(model, path)
         return
+    if isinstance(model.decode_head, UNetFormerHead) and any(k.startswith(OLD_LAYOUT_PREFIXES) for k in sd):
+        raise CheckpointError(
+            f"{path}: written by an older lsknet whose UNetFormer head (pre4/block4/fuse3/refine) is not GeoSeg's "
+            "Decoder (extra BatchNorms and biases, other border padding); it cannot be converted exactly: retrain, "
+            "or load only its backbone with model.backbone_checkpoint"
+        )
     if model.aux_head is None:  # a trained checkpoint carries its auxiliary head; inference models may drop it
         sd = {k: v for k, v in sd.items() if not k.startswith("aux_head.")}
+    if getattr(model.decode_head, "aux_head", True) is None:
+        sd = {k: v for k, v in sd.items() if not k.startswith("decode_head.aux_head.")}
     load_state_dict_checked(
-        model, sd, source=str(path), what="this segmenter", hint="(check variant, head and num_classes)"
+        model, sd, source=str(path), what="this segmenter", hint="(check variant, head, num_classes, out_indices)"
     )
 
 
