@@ -155,6 +155,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         options["topk"] = args.topk
     if args.strict:
         options["strict"] = True
+    for name in ("bands", "scale", "formats", "min_area", "simplify", "tile", "stride"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    if args.skip_existing:
+        options["skip_existing"] = True
     out = (
         Path(args.out)
         if args.out
@@ -214,6 +219,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<name>/predict-<time>)")
     p.add_argument("--topk", type=int, default=None, help="classification: how many classes per image (default 5)")
     p.add_argument("--strict", action="store_true", help="unreadable images are errors instead of counted skips")
+    g = p.add_argument_group("whole scenes and GIS (rasters are read window by window; see README)")
+    g.add_argument("--bands", metavar="B1,B2,B3", help="1-based raster bands to read, any order (default 1,2,3 or 1)")
+    g.add_argument("--scale", metavar="MIN,MAX", help="raw values mapped to 0..255 (default: 8-bit as stored, other "
+                   "types a per-scene 1st..99th percentile stretch)")  # fmt: skip
+    g.add_argument("--format", dest="formats", metavar="LIST", help="comma list of outputs: detection task1,json,"
+                   "png,geojson,gpkg,shp; segmentation geojson,gpkg,shp; classify grid geotiff,geojson,gpkg")
+    g.add_argument("--skip-existing", action="store_true", help="scenes whose outputs are complete are not redone")
+    g.add_argument("--min-area", type=float, default=None, help="segmentation polygons: drop smaller (CRS units^2)")
+    g.add_argument("--simplify", type=float, default=None, help="segmentation polygons: tolerance in CRS units")
+    g.add_argument("--tile", type=int, default=None, help="classification grid over a raster: cell size (pixels)")
+    g.add_argument("--stride", type=int, default=None, help="classification grid: step between cells (default tile)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=overrides_help)
     p.set_defaults(func=cmd_predict, command_parser=p)
 

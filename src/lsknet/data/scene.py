@@ -56,6 +56,24 @@ def is_image_file(path: str | Path) -> bool:
 # decoding
 
 
+def percentile_limits(values: np.ndarray) -> tuple[float, float] | None:
+    """The 1st and 99th percentile of the finite ``values`` (any shape, all channels together); None if none."""
+    data = np.asarray(values, dtype=np.float64)
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        return None
+    low, high = np.percentile(finite, [1.0, 99.0])
+    return float(low), float(high)
+
+
+def stretch_to_uint8(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``[low, high]`` linearly to 0..255, round and clip (NaN -> ``low``); flat (``high <= low``): 0 or 128."""
+    if high <= low:  # flat image: keep it flat, mid-grey if it is not zero
+        return np.full(array.shape, 0 if high <= 0 else 128, dtype=np.uint8)
+    data = np.nan_to_num(array.astype(np.float64), nan=low)
+    return np.clip(np.round((data - low) * 255.0 / (high - low)), 0, 255).astype(np.uint8)
+
+
 def _to_uint8(array: np.ndarray, high_bit: str) -> np.ndarray:
     """Scale an (H, W, C) array of any numeric type to uint8 (see the module docstring)."""
     if array.dtype == np.uint8:
@@ -69,14 +87,10 @@ def _to_uint8(array: np.ndarray, high_bit: str) -> np.ndarray:
         return np.clip(np.round(data * 255.0 / top), 0, 255).astype(np.uint8)
     if high_bit not in ("percentile", "range"):
         raise DatasetFormatError(f"unknown high_bit scaling {high_bit!r}; expected 'percentile' or 'range'")
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
+    limits = percentile_limits(data)
+    if limits is None:
         return np.zeros(array.shape, dtype=np.uint8)
-    low, high = np.percentile(finite, [1.0, 99.0])
-    if high <= low:  # flat image: keep it flat, mid-grey if it is not zero
-        return np.full(array.shape, 0 if high <= 0 else 128, dtype=np.uint8)
-    data = np.nan_to_num(data, nan=low)
-    return np.clip(np.round((data - low) * 255.0 / (high - low)), 0, 255).astype(np.uint8)
+    return stretch_to_uint8(data, *limits)
 
 
 def _read_with_rasterio(path: Path) -> np.ndarray:

@@ -34,7 +34,7 @@ from lsknet.ops import nms_rotated, rbox_to_corners
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".vrt", ".jp2")
 
 
 @dataclass

@@ -364,27 +364,73 @@ def predict(
     draw_score_thr: float = 0.3,
     strict: bool | None = None,
     progress: bool = True,
+    bands: str | list[int] | None = None,
+    scale: str | tuple[float, float] | None = None,
+    formats: str | list[str] | None = None,
+    skip_existing: bool = False,
 ) -> dict[str, Any]:
     """Detect oriented objects in images / folders of any size; writes ``out_dir/task1/Task1_<class>.txt``,
-    ``out_dir/detections.json`` and ``out_dir/vis/<image>.png`` (boxes above ``draw_score_thr`` drawn).
+    ``out_dir/detections.json`` and, per image, ``out_dir/vis/<image>.png`` (plain images, boxes above
+    ``draw_score_thr`` drawn) or ``out_dir/scenes/<image>/`` (rasters: read window by window, vector outputs, see
+    :mod:`lsknet.inference.scenes`). ``formats``: a comma list of ``task1, json, png, geojson, gpkg, shp`` (default
+    all but ``shp``; plain images get GeoJSON in pixel coordinates only when asked). ``bands`` / ``scale``: see
+    :mod:`lsknet.inference.geotiff`. Under ``torchrun`` scenes (or one scene's windows) are shared among the ranks.
 
     Unreadable images are skipped with a :class:`DataSkipWarning` and counted (``strict``, default
     ``data.strict``: an error instead)."""
+    from lsknet.inference.geotiff import is_raster_file, parse_bands, parse_scale
+    from lsknet.inference.scenes import detection_features, distributed_context, predict_scenes, scene_dir
+    from lsknet.inference.vectors import write_vectors
+
     if strict is None:
         strict = bool((module.config.get("data") or {}).get("strict", False))
+    known = ("task1", "json", "png", "geojson", "gpkg", "shp")
+    wanted = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats or [])
+    unknown = [f for f in wanted if f not in known]
+    if unknown:
+        raise ConfigError(f"--format: unknown {', '.join(unknown)}; expected a comma list of {', '.join(known)}")
+    fmt = wanted or ["task1", "json", "png", "geojson", "gpkg"]
     predictor = make_predictor(module, tile_size=tile_size, overlap=overlap, batch_size=batch_size, score_thr=score_thr)
     module.eval()
+    ctx = distributed_context()
     start = time.perf_counter()
-    results = list(predictor.predict(sources, progress=progress, strict=strict))
-    written = write_outputs(results, out_dir, draw_score_thr=draw_score_thr)
-    sources_found = len(list_image_sources(sources))
+    items = list_image_sources(sources)
+    rasters = [i for i, item in enumerate(items) if isinstance(item, Path) and is_raster_file(item)]
+    plain = [i for i in range(len(items)) if i not in set(rasters)]
+    by_index: dict[int, Any] = {}
+    scene_results = predict_scenes(
+        predictor, [items[i] for i in rasters], out_dir, bands=parse_bands(bands), scale=parse_scale(scale),
+        formats=fmt, skip_existing=skip_existing, draw_score_thr=draw_score_thr, progress=progress and ctx.rank == 0,
+        ctx=ctx, strict=strict,
+    )  # fmt: skip
+    by_index.update({i: r for i, r in zip(rasters, scene_results) if r is not None})
+    plain_results = []
+    if plain and ctx.rank == 0:
+        plain_results = list(predictor.predict([items[i] for i in plain], progress=progress, strict=strict))
+        index_of = {items[i]: i for i in plain}
+        by_index.update({index_of[det.path]: det for det in plain_results})
+    results = [by_index[i] for i in sorted(by_index)]
+    summary: dict[str, Any] = {}
+    if ctx.rank == 0:
+        written = write_outputs(results, out_dir, task1="task1" in fmt, json_file="json" in fmt, png=False)
+        if "png" in fmt:
+            write_outputs(plain_results, out_dir, task1=False, json_file=False, png=True, draw_score_thr=draw_score_thr)
+        wanted_vectors = [f for f in wanted if f in ("geojson", "gpkg", "shp")]
+        for det in plain_results if wanted_vectors else []:
+            warnings.warn(f"{det.path}: no georeference; vector outputs are in pixel coordinates", stacklevel=2)
+            geoms, columns = detection_features(det, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+            stem = scene_dir(out_dir, det.image_id) / "detections"
+            write_vectors(stem, wanted_vectors, geoms, columns, None, layer="detections")
+        summary = {k: v for k, v in written.items() if not isinstance(v, list)}
     return {
         "num_images": len(results),
-        "skipped": sources_found - len(results),
+        "skipped": len(items) - len(results),
         "num_detections": sum(len(r) for r in results),
+        "skipped_windows": sum(int(r.extra.get("skipped_windows", 0)) for r in results),
+        "dropped_on_nodata": sum(int(r.extra.get("dropped_on_nodata", 0)) for r in results),
         "seconds": round(time.perf_counter() - start, 2),
         "out_dir": str(out_dir),
-        **{k: v for k, v in written.items() if not isinstance(v, list)},
+        **summary,
     }
 
 
