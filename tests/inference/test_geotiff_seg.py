@@ -33,7 +33,7 @@ def test_generated_geotiff_round_trip(tmp_path):
         dst.write(data)
     seg = SlidingWindowSegmenter(_model(), window=32, overlap=8)
     written = segment_file(seg, src_path, tmp_path / "out", PALETTE)
-    assert set(written) == {"geotiff", "index", "color", "overlay"}
+    assert set(written) == {"geotiff", "index", "color", "overlay", "skipped_windows"}
     with rasterio.open(written["geotiff"]) as out:
         assert out.crs.to_epsg() == 32633 and out.transform == transform
         assert (out.width, out.height, out.count, out.dtypes[0], out.nodata) == (70, 90, 1, "uint8", 255)

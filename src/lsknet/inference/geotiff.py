@@ -195,13 +195,18 @@ class GeoTiffSource:
             self._limits = percentile_limits(data) or (0.0, 1.0)
         return self._limits
 
-    def read_uint8(self, y: int, x: int, h: int, w: int, data: np.ndarray | None = None) -> np.ndarray:
-        """The window as model input: ``(h, w, 3)`` uint8 (the rule in the module docstring)."""
+    def read_uint8(
+        self, y: int, x: int, h: int, w: int, data: np.ndarray | None = None, rgb: bool = True
+    ) -> np.ndarray:
+        """The window as model input: ``(h, w, 3)`` uint8 (the rule in the module docstring); ``rgb=False`` keeps
+        the number of bands."""
         from lsknet.data.scene import stretch_to_uint8
 
         data = self.read(y, x, h, w) if data is None else data
         limits = self.intensity_limits()
         out = data if limits is None else stretch_to_uint8(data, *limits)
+        if not rgb:
+            return out
         if out.shape[-1] == 1:
             out = np.repeat(out, 3, axis=-1)
         elif out.shape[-1] != 3:

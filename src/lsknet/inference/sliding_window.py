@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,11 +149,13 @@ class SlidingWindowSegmenter:
     ) -> None:
         """Segment ``source``; ``sink(y0, labels, confidence)`` receives finished rows in order (``labels`` uint8
         ``(n, W)``, ``confidence`` = blended max probability, float16 ``(n, W)``). ``nodata(y, x, h, w)`` may return a
-        bool mask of pixels to label 255."""
+        bool mask of pixels to label 255; windows whose pixels are all nodata are not run (``self.skipped_windows``
+        counts them)."""
         height, width = source.shape
         windows = tile_windows(height, width, self.window, self.stride)
         row_starts = sorted({y for y, _, _, _ in windows})
         bar = _progress(len(windows), self.progress)
+        self.skipped_windows = 0
         # Accumulators hold the rows [base, base + cap): a row of windows starts at `base` (the first unfinished
         # row) and is at most `cap` rows high, so they never grow; finished rows are flushed and the remaining
         # (overlap) rows shifted up.
@@ -163,6 +166,12 @@ class SlidingWindowSegmenter:
         for r, y0 in enumerate(row_starts):
             row = [win for win in windows if win[0] == y0]
             weights = blend_weights(row[0][2], row[0][3], self.blend)
+            if nodata is not None:  # windows without a single valid pixel are not run (counted)
+                masks = [nodata(y, x, hh, ww) for y, x, hh, ww in row]
+                kept = [win for win, m in zip(row, masks) if m is None or not bool(m.all())]
+                self.skipped_windows += len(row) - len(kept)
+                bar.update(len(row) - len(kept))
+                row = kept
             for i in range(0, len(row), self.batch_size):
                 batch = row[i : i + self.batch_size]
                 probs = self.probabilities([source.read(y, x, hh, ww) for y, x, hh, ww in batch])
@@ -172,12 +181,17 @@ class SlidingWindowSegmenter:
                     acc[:, y - base : y - base + hh, x : x + ww] += p * weights
                     wsum[y - base : y - base + hh, x : x + ww] += weights
                 bar.update(len(batch))
-            assert acc is not None
             done = row_starts[r + 1] if r + 1 < len(row_starts) else height
             n = done - base
+            if acc is None:  # only skipped windows so far: these rows are all invalid
+                labels = np.full((n, width), 255, np.uint8)
+                conf = np.zeros((n, width), np.float16)
+                sink(base, labels, conf)
+                base = done
+                continue
             conf, labels = acc[:, :n].max(0)
             labels = labels.to(torch.uint8).numpy()
-            conf = (conf / wsum[:n]).to(torch.float16).numpy()
+            conf = (conf / wsum[:n].clamp_min(1e-12)).to(torch.float16).numpy()
             if nodata is not None:
                 mask = nodata(base, 0, n, width)
                 if mask is not None:
@@ -213,40 +227,56 @@ def segment_file(
     outputs: Sequence[str] = ("index", "color", "overlay", "geotiff"),
     overlay_alpha: float = 0.5,
     gdal_cache_mb: int = 64,
-) -> dict[str, str]:
+    classes: Sequence[str] | None = None,
+    bands: Sequence[int] | None = None,
+    scale: tuple[float, float] | None = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    strip_rows: int = 4096,
+) -> dict[str, Any]:
     """Segment one image file and write the requested outputs under ``out_dir`` (named after the file stem):
     ``index/<stem>.png`` (class indices, what ``lsknet seg score --pred`` reads), ``color/<stem>.png``,
-    ``overlay/<stem>.png`` and, for a georeferenced TIFF input, ``geotiff/<stem>.tif`` (class-index GeoTIFF with the
-    input's CRS/transform, the palette as colour table, nodata 255).
+    ``overlay/<stem>.png``, for a raster input ``geotiff/<stem>.tif`` (class-index GeoTIFF with the input's
+    CRS/transform, the palette as colour table, nodata 255), and ``vectors/<stem>.geojson|gpkg|shp`` (outputs
+    ``geojson``/``gpkg``/``shp``: class regions as polygons, :func:`lsknet.inference.vectors.label_polygons`; layer
+    ``segments``; GeoJSON in WGS84, the others in the raster CRS; plain images: pixel coordinates and a warning).
 
-    A GeoTIFF is read window by window and the GeoTIFF written strip by strip; the PNG outputs need the full
-    ``H x W`` label map (1 byte per pixel; the colour and overlay images 3 bytes per pixel).
+    A raster is read window by window (``bands``/``scale``: the model-input rule of
+    :class:`~lsknet.inference.geotiff.GeoTiffSource`, applied to non-8-bit data or when ``scale`` is given), windows
+    without a valid pixel are skipped and counted (``skipped_windows``), the GeoTIFF is written strip by strip and
+    polygons are traced from it in strips of ``strip_rows`` rows (a region crossing a strip border is cut there).
+    The PNG outputs need the full ``H x W`` label map (1 byte per pixel; colour and overlay 3 bytes per pixel).
     """
     from PIL import Image
 
-    from lsknet.inference.geotiff import GeoTiffLabelWriter, GeoTiffSource, is_georeferenced
+    from lsknet.inference.geotiff import GeoTiffLabelWriter, GeoTiffSource, is_raster_file
+    from lsknet.inference.vectors import VECTOR_FORMATS, label_polygons, write_vectors
 
     path, out_dir = Path(path), Path(out_dir)
     if not path.is_file():
         raise DatasetFormatError(f"image not found: {path}")
-    for sub in (o for o in outputs if o != "geotiff"):
+    vector_formats = [o for o in outputs if o in VECTOR_FORMATS]
+    for sub in (o for o in outputs if o in ("index", "color", "overlay")):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     stem = path.stem
-    written: dict[str, str] = {}
+    written: dict[str, Any] = {}
     want_png = any(o in outputs for o in ("index", "color", "overlay"))
-    if is_georeferenced(path):
+    names = list(classes) if classes is not None else [str(i) for i in range(len(palette))]
+    if is_raster_file(path):
         import rasterio
 
         # GDAL's block cache would otherwise keep up to 5 % of the RAM of read / written blocks
-        with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb), GeoTiffSource(path) as src:
-            if src.dtype != np.uint8 and segmenter.input_scale == 255.0:
-                _log.warning(
-                    "%s: %s pixels divided by input_scale=255; set input_scale for this sensor", path, src.dtype
-                )
+        with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb), GeoTiffSource(path, bands=bands, scale=scale) as src:
+            stretched = src.dtype != np.uint8 or scale is not None
+            reader: RasterSource = _StretchedSource(src) if stretched else src
             labels = np.zeros(src.shape, dtype=np.uint8) if want_png else None
+            georef = src.georeferenced
+            label_path = out_dir / "geotiff" / f"{stem}.tif"
+            if not georef:
+                label_path = out_dir / "geotiff" / f".{stem}.nogeo.tif"  # strips for the polygons only
             writer = (
-                GeoTiffLabelWriter(out_dir / "geotiff" / f"{stem}.tif", src.profile, palette)
-                if "geotiff" in outputs
+                GeoTiffLabelWriter(label_path, src.profile, palette)
+                if ("geotiff" in outputs and georef) or vector_formats
                 else None
             )
 
@@ -256,13 +286,39 @@ def segment_file(
                 if labels is not None:
                     labels[y : y + len(lab)] = lab
 
-            segmenter.run(src, sink, nodata=src.nodata_mask)
+            segmenter.run(reader, sink, nodata=src.nodata_mask)
+            written["skipped_windows"] = segmenter.skipped_windows
             if writer is not None:
-                written["geotiff"] = str(writer.close())
-            image = src.read(0, 0, *src.shape) if "overlay" in outputs else None
+                writer.close()
+                if "geotiff" in outputs and georef:
+                    written["geotiff"] = str(label_path)
+            image = reader.read(0, 0, *src.shape) if "overlay" in outputs else None
+            if vector_formats:
+                if not georef:
+                    warnings.warn(f"{path}: no georeference; polygons are in pixel coordinates", stacklevel=2)
+                geoms, columns = [], {"class": [], "class_id": [], "area": []}
+                with rasterio.open(label_path) as lab_src:
+                    for y in range(0, lab_src.height, strip_rows):
+                        h = min(strip_rows, lab_src.height - y)
+                        window = rasterio.windows.Window(0, y, lab_src.width, h)
+                        transform = lab_src.window_transform(window) if georef else (1, 0, 0, 0, 1, y)
+                        g, c = label_polygons(lab_src.read(1, window=window), transform, names, min_area, simplify)
+                        geoms += g
+                        for key in columns:
+                            columns[key] += c[key]
+                if not georef:
+                    label_path.unlink()
+                written.update(
+                    write_vectors(out_dir / "vectors" / stem, vector_formats, geoms, columns,
+                                  src.crs if georef else None, layer="segments")
+                )  # fmt: skip
     else:
         image = read_image(path)
         labels, _ = segmenter.predict(image)
+        if vector_formats:
+            warnings.warn(f"{path}: no georeference; polygons are in pixel coordinates", stacklevel=2)
+            geoms, columns = label_polygons(labels, (1, 0, 0, 0, 1, 0), names, min_area, simplify)
+            written.update(write_vectors(out_dir / "vectors" / stem, vector_formats, geoms, columns, None, "segments"))
     if labels is not None:
         if "index" in outputs:
             Image.fromarray(labels).save(out_dir / "index" / f"{stem}.png")
@@ -280,6 +336,17 @@ def segment_file(
             Image.fromarray(mix).save(out_dir / "overlay" / f"{stem}.png")
             written["overlay"] = str(out_dir / "overlay" / f"{stem}.png")
     return written
+
+
+class _StretchedSource:
+    """A raster's windows through the model-input rule (``read_uint8`` keeping the band count)."""
+
+    def __init__(self, src: Any) -> None:
+        self.src = src
+        self.shape = src.shape
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        return self.src.read_uint8(y, x, h, w, rgb=False)
 
 
 def _to_rgb8(image: np.ndarray) -> np.ndarray:

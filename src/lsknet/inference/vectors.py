@@ -187,3 +187,34 @@ def _write_ogr(
         raise LSKNetError(f"{path}: cannot write {fmt} ({err})") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def label_polygons(
+    labels: np.ndarray,
+    transform: Any,
+    classes: Sequence[str],
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    nodata: int = 255,
+) -> tuple[list[Any], dict[str, list[Any]]]:
+    """Class regions of an ``(h, w)`` uint8 label map as polygons in the CRS of ``transform`` (rasterio.features
+    shapes, 4-connected; ``nodata`` pixels left out); polygons below ``min_area`` (CRS units squared) are dropped,
+    ``simplify`` > 0 is a Douglas-Peucker tolerance in CRS units (topology preserved). Columns: ``class``,
+    ``class_id``, ``area``."""
+    shapely = _require_shapely()
+    from rasterio.features import shapes
+
+    geoms: list[Any] = []
+    columns: dict[str, list[Any]] = {"class": [], "class_id": [], "area": []}
+    for geom, value in shapes(labels, mask=labels != nodata, transform=transform):
+        poly = shapely.geometry.shape(geom)
+        if poly.area < min_area:
+            continue
+        if simplify > 0:
+            poly = poly.simplify(simplify, preserve_topology=True)
+        cid = int(value)
+        geoms.append(poly)
+        columns["class"].append(classes[cid] if cid < len(classes) else str(cid))
+        columns["class_id"].append(cid)
+        columns["area"].append(float(poly.area))
+    return geoms, columns

@@ -300,11 +300,22 @@ def predict(
     device: str | None = None,
     progress: bool = True,
     strict: bool = False,
+    bands: str | list[int] | None = None,
+    scale: str | tuple[float, float] | None = None,
+    formats: str | list[str] | None = None,
+    min_area: float | None = None,
+    simplify: float | None = None,
+    skip_existing: bool = False,
     **_: Any,
 ) -> dict[str, Any]:
     """Sliding-window segmentation of image files / folders into ``out_dir``: per image an index PNG, a colour PNG,
     an overlay and (GeoTIFF input) a georeferenced GeoTIFF. Settings default to the config's ``predict`` section.
-    Undecodable images raise, or with ``strict=False`` are skipped with a warning and counted."""
+    Undecodable images raise, or with ``strict=False`` are skipped with a warning and counted.
+
+    ``formats`` (a comma list, replaces ``outputs``): ``index, color, overlay, geotiff, geojson, gpkg, shp``; the
+    vector formats trace class regions as polygons (``min_area`` in CRS units squared, ``simplify`` tolerance in CRS
+    units). ``bands``/``scale``: the raster input rule (:mod:`lsknet.inference.geotiff`). ``skip_existing``: images
+    whose requested outputs all exist are not redone."""
     import warnings
 
     from lsknet.errors import DataSkipWarning
@@ -325,12 +336,32 @@ def predict(
         input_scale=float(pcfg.get("input_scale", 255.0)),
         progress=progress,
     )
-    outs = outputs or pcfg.get("outputs") or ["index", "color", "overlay", "geotiff"]
+    from lsknet.inference.geotiff import parse_bands, parse_scale
+
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    outs = formats or outputs or pcfg.get("outputs") or ["index", "color", "overlay", "geotiff"]
+    known = ("index", "color", "overlay", "geotiff", "geojson", "gpkg", "shp")
+    if any(o not in known for o in outs):
+        raise ConfigError(f"--format: unknown {set(outs) - set(known)}; expected a comma list of {', '.join(known)}")
     out_dir = Path(out_dir)
     results, skipped = [], []
+    options = {
+        "classes": module.class_names,
+        "bands": parse_bands(bands),
+        "scale": parse_scale(scale),
+        "min_area": float(min_area or 0.0),
+        "simplify": float(simplify or 0.0),
+    }
+    suffix = {"index": ".png", "color": ".png", "overlay": ".png", "geotiff": ".tif", "geojson": ".geojson",
+              "gpkg": ".gpkg", "shp": ".shp"}  # fmt: skip
     for path in _expand_sources(sources):
+        sub = lambda o: "vectors" if o in ("geojson", "gpkg", "shp") else o  # noqa: E731
+        if skip_existing and all((out_dir / sub(o) / f"{Path(path).stem}{suffix[o]}").is_file() for o in outs):
+            results.append({"image": str(path), "skipped_existing": True})
+            continue
         try:
-            written = segment_file(seg, path, out_dir, module.palette, outs)
+            written = segment_file(seg, path, out_dir, module.palette, outs, **options)
         except DatasetFormatError as err:
             if strict:
                 raise
