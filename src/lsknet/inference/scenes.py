@@ -219,11 +219,7 @@ def write_scene(
     draw_score_thr: float = 0.3,
 ) -> dict[str, str]:
     """Write one scene's outputs atomically into :func:`scene_dir` (see the module docstring); returns paths."""
-    final = scene_dir(out_dir, det.image_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = new_scene_dir(out_dir, det.image_id)
     vector_formats = [f for f in formats if f in VECTOR_FORMATS]
     if vector_formats:
         if not src.georeferenced:
@@ -233,6 +229,22 @@ def write_scene(
     if preview:
         _save_preview(det, src, tmp / "preview.png", draw_score_thr)
     (tmp / "result.json").write_text(json.dumps(result_to_json(det)) + "\n")
+    return publish_scene_dir(tmp, out_dir, det.image_id)
+
+
+def new_scene_dir(out_dir: str | Path, image_id: str) -> Path:
+    """An empty temporary folder beside :func:`scene_dir` to write one scene's outputs into."""
+    final = scene_dir(out_dir, image_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def publish_scene_dir(tmp: Path, out_dir: str | Path, image_id: str) -> dict[str, str]:
+    """Rename the finished temporary folder to :func:`scene_dir` (replacing an older one); returns its files."""
+    final = scene_dir(out_dir, image_id)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -268,11 +268,23 @@ def predict(
     topk: int = 5,
     batch_size: int | None = None,
     strict: bool | None = None,
+    tile: int | None = None,
+    stride: int | None = None,
+    bands: str | list[int] | None = None,
+    scale: str | tuple[float, float] | None = None,
+    formats: str | list[str] | None = None,
+    skip_existing: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Classify images / folders of images; writes ``out_dir/predictions.csv``.
 
     CSV columns: ``path, label_1, score_1, ..., label_k, score_k`` (softmax probabilities, best first).
     Unreadable images are skipped with a :class:`DataSkipWarning` and counted (``strict``: error).
+
+    Grid mode (``tile`` given): every raster (GeoTIFF, VRT, ...) is classified cell by cell (``tile`` pixels,
+    ``stride`` apart, default ``tile``) into ``out_dir/scenes/<image>/`` (``classes.tif``, ``cells.geojson|gpkg|shp``,
+    ``formats`` picks them, default ``geotiff,geojson,gpkg``; see :mod:`lsknet.inference.scene_grid`); ``bands`` /
+    ``scale`` are the raster input rule; under ``torchrun`` the cells are shared among the ranks.
     """
     cfg = module.config
     data_cfg = cfg.get("data") or {}
@@ -286,6 +298,16 @@ def predict(
     out_dir.mkdir(parents=True, exist_ok=True)
     module.eval()
     device = module.device
+    grid_summary: dict[str, Any] = {}
+    if tile is not None:
+        from lsknet.inference.geotiff import is_raster_file
+
+        rasters = [p for p in paths if is_raster_file(p)]
+        paths = [p for p in paths if not is_raster_file(p)]
+        grid_summary = _predict_grids(module, rasters, out_dir, transform, int(tile), int(stride or tile), topk,
+                                      batch_size, bands, scale, formats, skip_existing, strict, progress)  # fmt: skip
+        if not paths:
+            return grid_summary
     rows: list[list[Any]] = []
     skipped: list[str] = []
     batch_images: list[torch.Tensor] = []
@@ -325,7 +347,66 @@ def predict(
         writer.writerow(["path", *(f"{kind}_{i}" for i in range(1, topk + 1) for kind in ("label", "score"))])
         writer.writerows(rows)
     os.replace(temp, csv_path)
-    return {"predictions_csv": str(csv_path), "num_images": len(rows), "skipped": skipped}
+    summary = {"predictions_csv": str(csv_path), "num_images": len(rows), "skipped": skipped}
+    if grid_summary:
+        summary["num_images"] += grid_summary["num_images"]
+        summary["skipped"] = skipped + grid_summary["skipped"]
+        summary.update({k: v for k, v in grid_summary.items() if k not in summary})
+    return summary
+
+
+def _predict_grids(
+    module: SceneClassifier,
+    rasters: list[Path],
+    out_dir: Path,
+    transform: Any,
+    tile: int,
+    stride: int,
+    topk: int,
+    batch_size: int,
+    bands: Any,
+    scale: Any,
+    formats: Any,
+    skip_existing: bool,
+    strict: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    """Grid mode of :func:`predict` for ``rasters`` (see :mod:`lsknet.inference.scene_grid`)."""
+    import rasterio
+
+    from lsknet.inference.geotiff import GeoTiffSource, parse_bands, parse_scale
+    from lsknet.inference.scene_grid import classify_grid, write_grid
+    from lsknet.inference.scenes import distributed_context, scene_dir
+
+    known = ("geotiff", "geojson", "gpkg", "shp")
+    fmt = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats or known[:3])
+    if any(f not in known for f in fmt):
+        raise ConfigError(f"--format: grid mode writes {', '.join(known)}; got {', '.join(fmt)}")
+    ctx = distributed_context()
+
+    @torch.no_grad()
+    def classify(tiles: list[torch.Tensor]) -> torch.Tensor:
+        return module(torch.stack([transform(t) for t in tiles]).to(module.device)).float().softmax(dim=1)
+
+    done, skipped, skipped_cells = [], [], 0
+    for path in rasters:
+        if skip_existing and (scene_dir(out_dir, path.stem) / "result.json").is_file():
+            done.append(str(path))
+            continue
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=64), GeoTiffSource(path, parse_bands(bands), parse_scale(scale)) as src:
+                result = classify_grid(classify, src, tile, stride, topk, batch_size, ctx, progress and ctx.rank == 0)
+                if ctx.rank == 0:
+                    write_grid(result, src, module.classes, out_dir, path.stem, fmt)
+        except DatasetFormatError as err:
+            if strict:
+                raise
+            warnings.warn(f"skipping {path}: {err}", DataSkipWarning, stacklevel=2)
+            skipped.append(str(path))
+            continue
+        skipped_cells += result["skipped_cells"]
+        done.append(str(path))
+    return {"num_images": len(done), "skipped": skipped, "skipped_cells": skipped_cells, "out_dir": str(out_dir)}
 
 
 def read_predictions(path: str | Path) -> list[dict[str, str]]:
