@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "lsknet.cli.model",  # convert, benchmark
     "lsknet.cli.dota",  # dota split/merge/eval, data synth
     "lsknet.cli.seg",  # seg score
+    "lsknet.cli.analyze",  # analyze erf/selection
 )
 
 

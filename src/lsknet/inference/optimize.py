@@ -306,7 +306,8 @@ def optimize_for_inference(model: nn.Module, *, compile: bool = False) -> nn.Mod
 
     The copy is in eval mode, uses the current weights (BatchNorm running statistics), computes the same function
     up to float rounding (~1e-6 relative) and leaves ``model`` untouched. ``compile=True`` wraps it in
-    ``torch.compile`` (falls back to the uncompiled module, with a warning, if compilation fails).
+    ``torch.compile`` (falls back to the uncompiled module, with a warning, if compilation fails). LSK ablation
+    variants (``lsk_*`` kwargs) are not fused: they come back as an eager eval-mode copy, with a warning.
     """
     inner = getattr(model, "model", None)
     if isinstance(model, LSKNet):
@@ -315,6 +316,15 @@ def optimize_for_inference(model: nn.Module, *, compile: bool = False) -> nn.Mod
         source, out_indices = inner, tuple(model.out_indices)
     else:
         raise TypeError(f"optimize_for_inference expects an LSKNet (or a timm features_only LSKNet), got {type(model)}")
+    if not getattr(source, "lsk_is_official", True):
+        _log.warning(
+            "optimize_for_inference: LSK ablation variant %s has no fused kernels; returning an eager eval copy",
+            source.lsk_config,
+        )
+        eager = copy.deepcopy(model).eval()
+        for p in eager.parameters():
+            p.requires_grad_(False)
+        return eager
     with torch.no_grad():
         fused = InferenceLSKNet(source, out_indices).eval()
     for p in fused.parameters():

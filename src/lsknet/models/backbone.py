@@ -17,6 +17,7 @@ Inputs are NCHW float images normalised with the ImageNet mean/std; any H, W (mu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +28,19 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lsknet.errors import ConfigError
 from lsknet.models.checkpoint import match_state_dict, normalize_state_dict, unwrap_checkpoint
 
-__all__ = ["LSKNet", "checkpoint_filter_fn", "lsknet_s", "lsknet_t", "LSKNET_ARCHS"]
+__all__ = [
+    "LSKNET_ARCHS",
+    "LSKModule",
+    "LSKNet",
+    "checkpoint_filter_fn",
+    "lsk_kwargs",
+    "lsk_options",
+    "lsknet_s",
+    "lsknet_t",
+]
 
 # Official hyper-parameters per variant (embed dims, depths); mlp ratios [8, 8, 4, 4] for both.
 LSKNET_ARCHS: dict[str, dict] = {
@@ -50,40 +61,136 @@ class OverlapPatchEmbed(nn.Module):
         return self.norm(self.proj(x))
 
 
-class LSKModule(nn.Module):
-    """Large selective kernel: two stacked depthwise convs (5x5, then 7x7 dilation 3 = receptive field 23),
-    each reduced to C/2 by a 1x1 conv, spatially selected by a sigmoid gate computed from the channel-mean and
-    channel-max of both branches, projected back to C and multiplied with the input."""
+OFFICIAL_LSK_KERNELS: tuple[tuple[int, int], ...] = ((5, 1), (7, 3))
+LSK_SELECTIONS = ("spatial", "none", "channel")
+LSK_POOLS = ("avg", "max")
 
-    def __init__(self, dim: int) -> None:
+
+def lsk_options(
+    kernels: Sequence[Sequence[int]] | None = None,
+    selection: str | None = None,
+    pool: Sequence[str] | str | None = None,
+) -> tuple[tuple[tuple[int, int], ...], str, tuple[str, ...]]:
+    """Validate LSK block options (``None`` = official) -> ``(kernels, selection, pool)`` as tuples.
+
+    ``kernels``: ``[(k, d), ...]`` odd kernel sizes >= 1 and dilations >= 1, one pair per branch (>= 1 branch).
+    ``selection``: ``spatial`` (official) | ``none`` | ``channel``. ``pool``: non-empty subset of ``("avg", "max")``
+    in the order the squeeze conv sees them (used by ``spatial`` only). Raises :class:`ConfigError`.
+    """
+    if kernels is None:
+        kernels = OFFICIAL_LSK_KERNELS
+    try:
+        pairs = tuple((int(k), int(d)) for k, d in kernels)
+    except (TypeError, ValueError):
+        raise ConfigError(f"lsk_kernels: expected a list of [kernel, dilation] pairs, got {kernels!r}") from None
+    if not pairs or any(k < 1 or k % 2 == 0 or d < 1 for k, d in pairs):
+        raise ConfigError(f"lsk_kernels: need >= 1 pair of odd kernel >= 1 and dilation >= 1, got {kernels!r}")
+    selection = "spatial" if selection is None else str(selection)
+    if selection not in LSK_SELECTIONS:
+        raise ConfigError(f"lsk_selection: expected one of {', '.join(LSK_SELECTIONS)}, got {selection!r}")
+    pool = LSK_POOLS if pool is None else ((pool,) if isinstance(pool, str) else tuple(str(p) for p in pool))
+    if not pool or len(set(pool)) != len(pool) or any(p not in LSK_POOLS for p in pool):
+        raise ConfigError(f"lsk_pool: expected a non-empty subset of {LSK_POOLS}, got {pool!r}")
+    return pairs, selection, pool
+
+
+LSK_CONFIG_KEYS = ("lsk_kernels", "lsk_selection", "lsk_pool")
+
+
+def lsk_kwargs(model_cfg: Any) -> dict[str, Any]:
+    """The ``lsk_*`` entries of a run config's ``model`` section that are set (not null), as model kwargs."""
+    cfg = model_cfg or {}
+    return {k: cfg[k] for k in LSK_CONFIG_KEYS if cfg.get(k) is not None}
+
+
+def _dw_name(i: int) -> str:
+    """Depth-wise conv of branch i: official names for the first two (``conv0``, ``conv_spatial``)."""
+    return "conv0" if i == 0 else ("conv_spatial" if i == 1 else f"conv_spatial{i}")
+
+
+class LSKModule(nn.Module):
+    """Large selective kernel (official: ``kernels=((5, 1), (7, 3))``, receptive field 23, ``spatial`` selection
+    over ``("avg", "max")`` channel pooling).
+
+    Branch i is a depth-wise conv (kernel k_i, dilation d_i, "same" padding d_i (k_i - 1) / 2) of branch i-1's
+    depth-wise output (branch 0 of the input), reduced to C/2 by its own 1x1 conv (``conv{i+1}``). Selection:
+
+    - ``spatial``: channel-mean / channel-max (per ``pool``) of the concatenated branches -> 7x7 conv
+      (len(pool) -> n, ``conv_squeeze``) -> sigmoid -> gate-weighted sum of the branches;
+    - ``none``: the plain sum of the branches (no ``conv_squeeze``);
+    - ``channel``: SKNet-style (Li et al. 2019): global average pool of the branch sum (C/2) -> 1x1 conv C/2 -> d
+      + ReLU (``fc_squeeze``, d = max(C/2 // 16, 32)) -> 1x1 conv d -> n C/2 (``fc_select``) -> softmax over the n
+      branches per channel -> weighted sum; (C/2) d + d + d n C/2 + n C/2 parameters.
+
+    Then a 1x1 conv C/2 -> C (``conv``) whose output multiplies the input.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernels: Sequence[Sequence[int]] | None = None,
+        selection: str | None = None,
+        pool: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
-        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
-        self.conv1 = nn.Conv2d(dim, dim // 2, 1)
-        self.conv2 = nn.Conv2d(dim, dim // 2, 1)
-        self.conv_squeeze = nn.Conv2d(2, 2, 7, padding=3)
-        self.conv = nn.Conv2d(dim // 2, dim, 1)
+        self.kernels, self.selection, self.pool = lsk_options(kernels, selection, pool)
+        n, half = len(self.kernels), dim // 2
+        for i, (k, d) in enumerate(self.kernels):
+            conv = nn.Conv2d(dim, dim, k, padding=d * (k - 1) // 2, groups=dim, dilation=d)
+            setattr(self, _dw_name(i), conv)
+        for i in range(n):
+            setattr(self, f"conv{i + 1}", nn.Conv2d(dim, half, 1))
+        if self.selection == "spatial":
+            self.conv_squeeze = nn.Conv2d(len(self.pool), n, 7, padding=3)
+        elif self.selection == "channel":
+            hidden = max(half // 16, 32)
+            self.fc_squeeze = nn.Conv2d(half, hidden, 1)
+            self.fc_select = nn.Conv2d(hidden, n * half, 1)
+        self.conv = nn.Conv2d(half, dim, 1)
+
+    def branches(self, x: Tensor) -> list[Tensor]:
+        """The n reduced branch outputs, each (B, C/2, H, W)."""
+        feats, y = [], x
+        for i in range(len(self.kernels)):
+            y = getattr(self, _dw_name(i))(y)
+            feats.append(y)
+        return [getattr(self, f"conv{i + 1}")(f) for i, f in enumerate(feats)]
 
     def forward(self, x: Tensor) -> Tensor:
-        small = self.conv0(x)
-        large = self.conv_spatial(small)
-        small = self.conv1(small)
-        large = self.conv2(large)
-        both = torch.cat([small, large], dim=1)
-        pooled = torch.cat([both.mean(dim=1, keepdim=True), both.amax(dim=1, keepdim=True)], dim=1)
-        gate = self.conv_squeeze(pooled).sigmoid()
-        selected = small * gate[:, 0:1] + large * gate[:, 1:2]
+        parts = self.branches(x)
+        if self.selection == "spatial":
+            both = torch.cat(parts, dim=1)
+            stats = {"avg": lambda: both.mean(dim=1, keepdim=True), "max": lambda: both.amax(dim=1, keepdim=True)}
+            pooled = torch.cat([stats[p]() for p in self.pool], dim=1)
+            gate = self.conv_squeeze(pooled).sigmoid()
+            selected = parts[0] * gate[:, 0:1]
+            for i in range(1, len(parts)):
+                selected = selected + parts[i] * gate[:, i : i + 1]
+        elif self.selection == "none":
+            selected = parts[0]
+            for part in parts[1:]:
+                selected = selected + part
+        else:
+            total = parts[0]
+            for part in parts[1:]:
+                total = total + part
+            z = F.relu(self.fc_squeeze(total.mean(dim=(2, 3), keepdim=True)))
+            b, half = total.shape[:2]
+            weights = self.fc_select(z).reshape(b, len(parts), half, 1, 1).softmax(dim=1)
+            selected = parts[0] * weights[:, 0]
+            for i in range(1, len(parts)):
+                selected = selected + parts[i] * weights[:, i]
         return x * self.conv(selected)
 
 
 class Attention(nn.Module):
     """1x1 conv -> GELU -> LSK module -> 1x1 conv, plus the (normalised) input as residual."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, **lsk: Any) -> None:
         super().__init__()
         self.proj_1 = nn.Conv2d(dim, dim, 1)
         self.activation = nn.GELU()
-        self.spatial_gating_unit = LSKModule(dim)
+        self.spatial_gating_unit = LSKModule(dim, **lsk)
         self.proj_2 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,11 +230,17 @@ class Block(nn.Module):
     1e-2 per channel."""
 
     def __init__(
-        self, dim: int, mlp_ratio: float, drop: float = 0.0, drop_path: float = 0.0, ls_init: float = 1e-2
+        self,
+        dim: int,
+        mlp_ratio: float,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        ls_init: float = 1e-2,
+        lsk: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = Attention(dim)
+        self.attn = Attention(dim, **(lsk or {}))
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.BatchNorm2d(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -162,6 +275,8 @@ class LSKNet(nn.Module):
         proj_drop_rate: dropout inside the MLPs (the official code's ``drop_rate``; 0 for the official models).
         drop_path_rate: stochastic depth, increasing linearly over all blocks up to this value.
         ls_init_value: initial value of the per-channel layer scales.
+        lsk_kernels, lsk_selection, lsk_pool: ablation variants of the LSK block (see :class:`LSKModule`); ``None``
+            = official ``((5, 1), (7, 3))``, ``"spatial"``, ``("avg", "max")``. ``lsk_is_official`` tells which.
     """
 
     def __init__(
@@ -176,8 +291,14 @@ class LSKNet(nn.Module):
         proj_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         ls_init_value: float = 1e-2,
+        lsk_kernels: Sequence[Sequence[int]] | None = None,
+        lsk_selection: str | None = None,
+        lsk_pool: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        kernels, selection, pool = lsk_options(lsk_kernels, lsk_selection, lsk_pool)
+        self.lsk_config = dict(kernels=kernels, selection=selection, pool=pool)
+        self.lsk_is_official = (kernels, selection, pool) == (OFFICIAL_LSK_KERNELS, "spatial", LSK_POOLS)
         assert global_pool in ("avg", ""), "global_pool must be 'avg' or ''"
         self.num_stages = len(depths)
         self.embed_dims = tuple(embed_dims)
@@ -194,7 +315,7 @@ class LSKNet(nn.Module):
             prev = in_chans if i == 0 else embed_dims[i - 1]
             setattr(self, f"patch_embed{i + 1}", OverlapPatchEmbed(prev, embed_dims[i], patch, stride))
             blocks = [
-                Block(embed_dims[i], mlp_ratios[i], proj_drop_rate, rates[cursor + j], ls_init_value)
+                Block(embed_dims[i], mlp_ratios[i], proj_drop_rate, rates[cursor + j], ls_init_value, self.lsk_config)
                 for j in range(depths[i])
             ]
             setattr(self, f"block{i + 1}", nn.ModuleList(blocks))

@@ -49,6 +49,7 @@ _PLAIN_KEYS = ("state_dict", "model", "module", "net")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 HEAD_PREFIX = "head."
 FIRST_CONV = "patch_embed1.proj.weight"
+LSK_MODULE = ".attn.spatial_gating_unit."
 
 
 def unwrap_checkpoint(obj: object, *, use_ema: bool = True, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -147,6 +148,9 @@ class LoadReport:
     head: str = "absent"  # "loaded" | "skipped (shape ...)" | "not in checkpoint" | "model has no head" | "absent"
     unexpected: list[str] = field(default_factory=list)
     adapted_first_conv: bool = False
+    # LSK ablation variants (``lsk_*`` kwargs): LSK-module keys missing from / not fitting the checkpoint, kept at
+    # the model's initial values (strict=False for those keys only).
+    lsk_skipped: list[str] = field(default_factory=list)
 
 
 def _short(keys: list[str], n: int = 6) -> str:
@@ -195,8 +199,11 @@ def match_state_dict(
     its shapes match; otherwise the model's own head tensors are kept (reported). A first conv whose input channels
     differ (``in_chans != 3``) is adapted with timm's ``adapt_input_conv`` (repeat channels, rescale by 3/in_chans;
     sum for 1 channel); with ``adapt_first_conv=False`` it is passed through unchanged (timm adapts it later).
+    For an LSK ablation variant (``model.lsk_is_official`` false) the LSK-module keys (``.attn.spatial_gating_unit.``)
+    that are missing or mis-shaped keep the model's initial values and are listed in ``report.lsk_skipped``.
     """
     target = model.state_dict()
+    lsk_tolerant = getattr(model, "lsk_is_official", True) is False
     report = LoadReport()
     out: dict[str, Tensor] = {}
     missing, mismatched = [], []
@@ -205,6 +212,10 @@ def match_state_dict(
         if key.startswith(HEAD_PREFIX):
             continue
         have = state_dict.get(key)
+        if lsk_tolerant and LSK_MODULE in key and (have is None or have.shape != want.shape):
+            out[key] = want
+            report.lsk_skipped.append(key)
+            continue
         if have is None:
             missing.append(key)
             continue
@@ -279,6 +290,14 @@ def load_backbone_weights(
     target.load_state_dict(to_load, strict=True)
     if report.head.startswith("skipped") or report.head == "not in checkpoint":
         _log.warning("%s: classifier head %s; keeping the model's initial head", source, report.head)
+    if report.lsk_skipped:
+        _log.warning(
+            "%s: LSK ablation variant: %d LSK-module tensor(s) not in the checkpoint or of another shape keep their "
+            "initial values (strict=False for these only): %s",
+            source,
+            len(report.lsk_skipped),
+            _short(report.lsk_skipped),
+        )
     if report.adapted_first_conv:
         _log.info("%s: adapted patch_embed1.proj.weight to the model's input channels", source)
     if report.unexpected:

@@ -250,6 +250,9 @@ MODEL_CONFIG_KEYS = (
     "fpn_channels",
     "rpn",
     "roi",
+    "lsk_kernels",  # LSK block ablation variants (lsknet.models.backbone.LSKModule); null = official
+    "lsk_selection",
+    "lsk_pool",
 )
 
 

@@ -63,9 +63,10 @@ def build_classifier(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
     }
     checkpoint = model_cfg.get("checkpoint")
     if name in LSKNET_NAMES:
+        from lsknet.models.backbone import lsk_kwargs
         from lsknet.models.factory import create_model
 
-        return create_model(name, checkpoint=checkpoint, **kwargs)
+        return create_model(name, checkpoint=checkpoint, **kwargs, **lsk_kwargs(model_cfg))
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as err:  # timm: "Unknown model (...)"

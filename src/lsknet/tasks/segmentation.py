@@ -38,6 +38,7 @@ from lsknet.data.segmentation import (
 )
 from lsknet.errors import ConfigError, DatasetFormatError
 from lsknet.evaluation.segmentation import metrics_from_confusion, plot_confusion_png, write_confusion_csv, write_json
+from lsknet.models.backbone import lsk_kwargs
 from lsknet.models.segmentation import SegmentationLoss, build_segmenter
 from lsknet.tasks.base import TaskModule, make_loader
 
@@ -183,7 +184,7 @@ class SegmentationTask(TaskModule):
             window_size=int(m.get("window_size", 8)),
             dropout=float(m.get("dropout", 0.1)),
             drop_path_rate=float(m.get("drop_path_rate", 0.0)),
-            backbone_kwargs=m.get("backbone_kwargs"),
+            backbone_kwargs={**(m.get("backbone_kwargs") or {}), **lsk_kwargs(m)},
         )
         lcfg = dict(config.get("loss") or {})
         self.criterion = SegmentationLoss(
