@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "lsknet.cli.dota",  # dota split/merge/eval, data synth
     "lsknet.cli.seg",  # seg score
     "lsknet.cli.analyze",  # analyze erf/selection
+    "lsknet.cli.robustness",  # robustness
 )
 
 

@@ -223,13 +223,16 @@ def collate_detection(batch: Sequence[Sample]) -> dict:
     return out
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """RGB image file -> float32 (3, H, W) in [0, 1]; raises :class:`DatasetFormatError` if undecodable."""
+def read_image(path: str | Path, image_hook: Callable | None = None) -> torch.Tensor:
+    """RGB image file -> float32 (3, H, W) in [0, 1]; raises :class:`DatasetFormatError` if undecodable.
+    ``image_hook`` maps the decoded (H, W, 3) uint8 array first (e.g. a corruption)."""
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetFormatError(f"{path}: cannot decode image ({err})") from err
+    if image_hook is not None:
+        arr = image_hook(arr)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
@@ -245,6 +248,9 @@ class DOTADetectionDataset(Dataset):
         labels_required: False for unlabeled test folders (samples then have no objects).
         strict: raise on the first bad label line / image instead of skipping it with a warning.
     """
+
+    # Optional (H, W, 3) uint8 -> same-shape uint8 function applied right after decoding (lsknet.analysis.robustness).
+    image_hook = None
 
     def __init__(
         self,
@@ -287,7 +293,7 @@ class DOTADetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         image_id, image_path, _ = self.items[index]
-        image = read_image(image_path)
+        image = read_image(image_path, self.image_hook)
         ann = self.annotations[image_id]
         if ann is not None and len(ann):
             polys = torch.from_numpy(ann.polys).to(torch.float32)

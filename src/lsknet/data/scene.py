@@ -258,6 +258,9 @@ class SceneFolderDataset(Dataset):
     ``(3, H, W)`` uint8 tensor.
     """
 
+    # Optional (H, W, 3) uint8 -> same-shape uint8 function applied right after decoding (lsknet.analysis.robustness).
+    image_hook = None
+
     def __init__(
         self,
         samples: Sequence[tuple[Path, int]],
@@ -280,7 +283,10 @@ class SceneFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        image = torch.from_numpy(load_image(path, self.high_bit)).permute(2, 0, 1).contiguous()
+        array = load_image(path, self.high_bit)
+        if self.image_hook is not None:
+            array = self.image_hook(array)
+        image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         if self.transform is not None:
             image = self.transform(image)
         return image, label

@@ -433,6 +433,10 @@ class SegmentationDataset(Dataset):
     kept in a small LRU cache (``cache_size`` images) so consecutive windows of one tile decode it once.
     """
 
+    # Optional (H, W, C) uint8 -> same-shape uint8 function applied after decoding, before caching
+    # (lsknet.analysis.robustness; clear ``_cache`` when changing it).
+    image_hook = None
+
     def __init__(
         self,
         pairs: Sequence[tuple[Path, Path]],
@@ -474,6 +478,8 @@ class SegmentationDataset(Dataset):
             return self._cache[index]
         img_path, mask_path = self.pairs[index]
         image = read_image(img_path)
+        if self.image_hook is not None:
+            image = self.image_hook(image)
         labels = self.coding.decode(read_mask(mask_path), mask_path)
         if image.shape[:2] != labels.shape:
             raise DatasetFormatError(
