@@ -16,14 +16,6 @@ COMMON = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.tensorboard=f
           "trainer.max_epochs=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _train(preset: str, overrides: list[str], run_dir) -> str:
     cfg = apply_overrides(load_config(preset), COMMON + overrides + [f"run_dir={run_dir}"])
     cfg.pop("demo", None)
