@@ -213,6 +213,14 @@ class GeoTiffSource:
             raise DatasetFormatError(f"{self.path}: the model reads 1 or 3 bands, got bands {self.bands} (--bands)")
         return np.ascontiguousarray(out)
 
+    def read_model_window(self, y: int, x: int, h: int, w: int) -> np.ndarray | None:
+        """The window as model input (:meth:`read_uint8`), or None when it holds no valid pixel (not to be run)."""
+        data = self.read(y, x, h, w)
+        valid = self.valid_mask(y, x, h, w, data=data)
+        if valid is not None and not valid.any():
+            return None
+        return self.read_uint8(y, x, h, w, data=data)
+
     def overview(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
         """A decimated ``(h, w, 3)`` uint8 picture of the whole scene (model-input rule) and its scale factor
         (overview pixels per scene pixel)."""

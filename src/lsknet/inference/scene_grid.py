@@ -27,7 +27,7 @@ import torch
 
 from lsknet.errors import ConfigError
 from lsknet.inference.geotiff import GeoTiffLabelWriter, GeoTiffSource
-from lsknet.inference.scenes import DistContext, new_scene_dir, publish_scene_dir
+from lsknet.inference.scenes import DistContext, new_scene_dir, progress_bar, publish_scene_dir, run_windows
 from lsknet.inference.vectors import VECTOR_FORMATS, pixel_to_crs, rings_to_polygons, write_vectors
 
 
@@ -56,42 +56,18 @@ def classify_grid(
     rows, cols = grid_cells(src.height, src.width, tile, stride)
     order = [(r, c) for r in range(rows) for c in range(cols)]
     mine = order[ctx.rank :: ctx.world]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(mine), desc=src.path.stem, unit="cell", dynamic_ncols=True)
-    src.intensity_limits()
+    bar = progress_bar(len(mine), src.path.stem, progress, unit="cell")
     cells: list[tuple[int, int, list[int], list[float]]] = []
-    skipped = 0
-    batch: list[tuple[int, int, torch.Tensor]] = []
 
-    def flush() -> None:
-        if batch:
-            probs = classify([b[2] for b in batch]).float().cpu()
-            scores, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
-            for (r, c, _), s, i in zip(batch, scores.tolist(), idx.tolist()):
-                cells.append((r, c, i, s))
-            if bar is not None:
-                bar.update(len(batch))
-            batch.clear()
+    def run(keys: list[tuple[int, int]], crops: list[torch.Tensor]) -> None:
+        probs = classify(crops).float().cpu()
+        scores, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
+        for (r, c), s, i in zip(keys, scores.tolist(), idx.tolist()):
+            cells.append((r, c, i, s))
 
-    for r, c in mine:
-        y, x = r * stride, c * stride
-        h, w = min(tile, src.height - y), min(tile, src.width - x)
-        data = src.read(y, x, h, w)
-        valid = src.valid_mask(y, x, h, w, data=data)
-        if valid is not None and not valid.any():
-            skipped += 1
-            if bar is not None:
-                bar.update(1)
-            continue
-        batch.append((r, c, torch.from_numpy(src.read_uint8(y, x, h, w, data=data)).permute(2, 0, 1)))
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    if bar is not None:
-        bar.close()
+    windows = [((r, c), r * stride, c * stride, min(tile, src.height - r * stride), min(tile, src.width - c * stride))
+               for r, c in mine]  # fmt: skip
+    skipped = run_windows(src, windows, batch_size, run, bar)
     if ctx.world > 1:
         gathered = ctx.gather((cells, skipped))
         cells = sorted((cell for part, _ in gathered for cell in part), key=lambda cell: (cell[0], cell[1]))

@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,12 +75,13 @@ def distributed_context() -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size())
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Any:
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "win") -> Any:
+    """A tqdm bar (rate in ``unit``/s and ETA) or None when not ``enabled``."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="win", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
 
 def detect_scene(
@@ -98,38 +99,17 @@ def detect_scene(
     height, width = src.shape
     windows = [(y0, x0) for y0 in tile_origins(height, tile, overlap) for x0 in tile_origins(width, tile, overlap)]
     mine = list(range(ctx.rank, len(windows), ctx.world))
-    bar = _bar(len(mine), image_id or src.path.stem, progress)
-    src.intensity_limits()  # per-scene statistics once, before the windows
+    bar = progress_bar(len(mine), image_id or src.path.stem, progress)
     parts: list[tuple[int, int, int, dict[str, torch.Tensor]]] = []
-    skipped = 0
-    batch: list[tuple[int, int, int, torch.Tensor]] = []
 
-    def flush() -> None:
-        if batch:
-            outputs = predictor._run([b[3] for b in batch])  # noqa: SLF001 - same package
-            for (index, x0, y0, _), res in zip(batch, outputs):
-                parts.append((index, x0, y0, {k: v.detach().cpu() for k, v in res.items()}))
-            if bar is not None:
-                bar.update(len(batch))
-            batch.clear()
+    def run(keys: list[int], crops: list[torch.Tensor]) -> None:
+        outputs = predictor._run([c.float() for c in crops])  # noqa: SLF001 - same package
+        for index, res in zip(keys, outputs):
+            y0, x0 = windows[index]
+            parts.append((index, x0, y0, {k: v.detach().cpu() for k, v in res.items()}))
 
-    for index in mine:
-        y0, x0 = windows[index]
-        h, w = min(tile, height - y0), min(tile, width - x0)
-        data = src.read(y0, x0, h, w)
-        valid = src.valid_mask(y0, x0, h, w, data=data)
-        if valid is not None and not valid.any():
-            skipped += 1
-            if bar is not None:
-                bar.update(1)
-            continue
-        crop = torch.from_numpy(src.read_uint8(y0, x0, h, w, data=data)).permute(2, 0, 1).float()
-        batch.append((index, x0, y0, crop))
-        if len(batch) >= predictor.batch_size:
-            flush()
-    flush()
-    if bar is not None:
-        bar.close()
+    boxes = [(i, *windows[i], min(tile, height - windows[i][0]), min(tile, width - windows[i][1])) for i in mine]
+    skipped = run_windows(src, boxes, predictor.batch_size, run, bar)
     if ctx.world > 1:
         gathered = ctx.gather((parts, skipped))
         parts = sorted((p for rank_parts, _ in gathered for p in rank_parts), key=lambda p: p[0])
@@ -151,6 +131,43 @@ def detect_scene(
         {"windows": len(windows), "skipped_windows": skipped, "dropped_on_nodata": dropped},
     )
     return det
+
+
+def run_windows(
+    src: GeoTiffSource,
+    windows: Sequence[tuple[Any, int, int, int, int]],
+    batch_size: int,
+    run: Callable[[list[Any], list[torch.Tensor]], None],
+    bar: Any = None,
+) -> int:
+    """Read ``(key, y, x, h, w)`` windows through the model-input rule and call ``run(keys, crops)`` per batch of
+    ``batch_size`` (crops uint8 ``(3, h, w)`` tensors); windows without a valid pixel are not run. Returns how many
+    were skipped; ``bar`` (tqdm) advances per window and is closed at the end."""
+    src.intensity_limits()  # per-scene statistics once, before the windows
+    skipped = 0
+    keys: list[Any] = []
+    crops: list[torch.Tensor] = []
+    for key, y, x, h, w in windows:
+        pixels = src.read_model_window(y, x, h, w)
+        if pixels is None:
+            skipped += 1
+        else:
+            keys.append(key)
+            crops.append(torch.from_numpy(pixels).permute(2, 0, 1))
+        if len(crops) >= batch_size:
+            run(keys, crops)
+            if bar is not None:
+                bar.update(len(crops))
+            keys, crops = [], []
+        if pixels is None and bar is not None:
+            bar.update(1)
+    if crops:
+        run(keys, crops)
+        if bar is not None:
+            bar.update(len(crops))
+    if bar is not None:
+        bar.close()
+    return skipped
 
 
 def task1_corners(det: Detections) -> np.ndarray:
