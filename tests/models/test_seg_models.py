@@ -138,11 +138,60 @@ def test_cross_entropy_with_label_smoothing_by_hand():
 
 
 def test_dice_by_hand():
-    # probabilities [0.5, 0.5] on 2 pixels, both class 0: inter0 = 1, card0 = 1 + 2 -> dice0 = (2 + s)/(3 + s)
+    # probabilities [0.5, 0.5] on 2 pixels, both class 0: inter0 = 1, card0 = 1 + 2 -> dice0 = (2 + s)/(3 + s);
+    # class 1 is absent (counts 0): GeoSeg averages over all classes, "present" over class 0 only
     logits = torch.zeros(1, 2, 1, 2)
     target = torch.zeros(1, 1, 2, dtype=torch.long)
     s = 0.05
-    assert dice_loss(logits, target).item() == pytest.approx(1 - (2 + s) / (3 + s), rel=1e-5)
+    assert dice_loss(logits, target).item() == pytest.approx((1 - (2 + s) / (3 + s)) / 2, rel=1e-5)
+    assert dice_loss(logits, target, average="present").item() == pytest.approx(1 - (2 + s) / (3 + s), rel=1e-5)
+
+
+def _geoseg_loss_by_hand(logits, target, aux, ignore=255, eps=0.05, smooth=0.05):
+    """GeoSeg UnetFormerLoss re-derived with explicit loops: SoftCE (fairseq label smoothing, ignored pixels 0, mean
+    over all pixels) + DiceLoss (multiclass, smooth 0.05, absent classes 0, mean over all classes) + 0.4 SoftCE(aux)."""
+    n, k, h, w = logits.shape
+
+    def soft_ce(lg):
+        total = 0.0
+        for b in range(n):
+            for y in range(h):
+                for x in range(w):
+                    t = int(target[b, y, x])
+                    if t == ignore:
+                        continue
+                    logp = torch.log_softmax(lg[b, :, y, x].double(), 0)
+                    total += (1 - eps) * -logp[t].item() + eps / k * -logp.sum().item()
+        return total / (n * h * w)
+
+    prob = torch.softmax(logits.double(), 1)
+    dice_sum = 0.0
+    for c in range(k):
+        inter = card = count = 0.0
+        for b in range(n):
+            for y in range(h):
+                for x in range(w):
+                    t = int(target[b, y, x])
+                    if t == ignore:
+                        continue
+                    is_c = float(t == c)
+                    inter += prob[b, c, y, x].item() * is_c
+                    card += prob[b, c, y, x].item() + is_c
+                    count += is_c
+        if count > 0:
+            dice_sum += 1 - (2 * inter + smooth) / max(card + smooth, 1e-7)
+    return soft_ce(logits) + dice_sum / k + 0.4 * soft_ce(aux)
+
+
+def test_loss_averaging_matches_geoseg_by_hand():
+    g = torch.Generator().manual_seed(0)
+    logits, aux = torch.randn(2, 4, 5, 6, generator=g), torch.randn(2, 4, 5, 6, generator=g)
+    target = torch.randint(0, 3, (2, 5, 6), generator=g)  # class 3 absent
+    target[0, :2] = 255
+    got = SegmentationLoss()(logits, target, aux)["loss"].item()
+    assert got == pytest.approx(_geoseg_loss_by_hand(logits, target, aux), rel=1e-5)
+    # the opt-in "valid" averaging differs (CE over valid pixels, Dice over present classes)
+    assert SegmentationLoss(averaging="valid")(logits, target, aux)["loss"].item() != pytest.approx(got, rel=1e-3)
 
 
 def test_ignored_pixels_contribute_nothing():

@@ -24,7 +24,7 @@ from lsknet.errors import CheckpointError, ConfigError
 from lsknet.models.unetformer import OLD_LAYOUT_PREFIXES, UNetFormerHead
 from lsknet.models.upernet import FCNAuxHead, UPerNetHead
 
-__all__ = ["Segmenter", "SegmentationLoss", "build_segmenter", "dice_loss", "HEADS"]
+__all__ = ["Segmenter", "SegmentationLoss", "build_segmenter", "dice_loss", "soft_cross_entropy", "HEADS"]
 
 _log = logging.getLogger(__name__)
 HEADS = ("unetformer", "upernet")
@@ -193,9 +193,13 @@ def load_segmenter_checkpoint(model: Segmenter, path: str | Path) -> None:
     )
 
 
-def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, smooth: float = 0.05) -> Tensor:
-    """Soft multi-class Dice loss over the batch: ``1 - (2|P∩T| + s) / (|P| + |T| + s)`` averaged over the classes
-    present in the (non-ignored) target; ignored pixels count for neither prediction nor target."""
+def dice_loss(
+    logits: Tensor, target: Tensor, ignore_index: int = 255, smooth: float = 0.05, average: str = "all"
+) -> Tensor:
+    """Soft multi-class Dice loss over the batch: per class ``1 - (2|P∩T| + s) / (|P| + |T| + s)`` with the batch and
+    all pixels summed (ignored pixels count for neither prediction nor target); classes absent from the target count
+    0. ``average="all"``: mean over all ``K`` classes (GeoSeg's ``DiceLoss``); ``"present"``: mean over the classes
+    present in the target."""
     k = logits.shape[1]
     valid = target != ignore_index
     prob = logits.float().softmax(1) * valid.unsqueeze(1)
@@ -204,38 +208,64 @@ def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, smooth: f
     card = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
     dice = (2 * inter + smooth) / (card + smooth).clamp_min(1e-7)
     present = onehot.sum((0, 2, 3)) > 0
+    if average == "all":
+        return ((1 - dice) * present).mean()
+    if average != "present":
+        raise ConfigError(f"dice average must be all or present, got {average!r}")
     if not present.any():
         return logits.sum() * 0.0
     return (1 - dice)[present].mean()
 
 
+def soft_cross_entropy(
+    logits: Tensor, target: Tensor, ignore_index: int = 255, smoothing: float = 0.05, average: str = "all"
+) -> Tensor:
+    """Label-smoothed cross-entropy ``(1 - e) * nll + e / K * sum_k(-log p_k)`` per pixel, ignored pixels 0.
+    ``average="all"``: mean over all pixels, ignored ones included (GeoSeg's ``SoftCrossEntropyLoss``);
+    ``"valid"``: mean over the non-ignored pixels (torch's ``cross_entropy``)."""
+    valid = target != ignore_index
+    if average == "valid":
+        if not valid.any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, label_smoothing=smoothing)
+    if average != "all":
+        raise ConfigError(f"cross-entropy average must be all or valid, got {average!r}")
+    logp = logits.float().log_softmax(1)
+    nll = -logp.gather(1, target.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
+    per_pixel = (1 - smoothing) * nll - smoothing / logits.shape[1] * logp.sum(1)
+    return (per_pixel * valid).mean()
+
+
 class SegmentationLoss(nn.Module):
     """``CE(label smoothing) + dice_weight * Dice`` on the main logits ``+ aux_weight * CE`` on the auxiliary logits.
 
-    Defaults follow UNetFormer: label smoothing 0.05, Dice weight 1, auxiliary weight 0.4; ``ignore_index`` pixels
-    contribute to no term. Returns a dict with ``loss`` (the total) and its parts.
+    Defaults follow GeoSeg's ``UnetFormerLoss``: label smoothing 0.05, Dice (smooth 0.05) weight 1, auxiliary weight
+    0.4, ``averaging="geoseg"``: CE averaged over all pixels (ignored ones count as 0) and Dice over all classes.
+    ``averaging="valid"`` (opt-in): CE over non-ignored pixels, Dice over the classes present. ``ignore_index``
+    pixels contribute to no term. Returns a dict with ``loss`` (the total) and its parts.
     """
 
     def __init__(
-        self, ignore_index: int = 255, label_smoothing: float = 0.05, dice_weight: float = 1.0, aux_weight: float = 0.4
-    ) -> None:
+        self, ignore_index: int = 255, label_smoothing: float = 0.05, dice_weight: float = 1.0, aux_weight: float = 0.4,
+        averaging: str = "geoseg",
+    ) -> None:  # fmt: skip
         super().__init__()
+        if averaging not in ("geoseg", "valid"):
+            raise ConfigError(f"loss.averaging must be geoseg or valid, got {averaging!r}")
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
         self.dice_weight = dice_weight
         self.aux_weight = aux_weight
+        self.ce_average, self.dice_average = ("all", "all") if averaging == "geoseg" else ("valid", "present")
 
     def ce(self, logits: Tensor, target: Tensor) -> Tensor:
-        if not (target != self.ignore_index).any():
-            return logits.sum() * 0.0
-        return F.cross_entropy(
-            logits.float(), target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing
-        )
+        return soft_cross_entropy(logits, target, self.ignore_index, self.label_smoothing, self.ce_average)
 
     def forward(self, logits: Tensor, target: Tensor, aux_logits: Tensor | None = None) -> dict[str, Tensor]:
         parts = {"loss_ce": self.ce(logits, target)}
         if self.dice_weight:
-            parts["loss_dice"] = self.dice_weight * dice_loss(logits, target, self.ignore_index)
+            dice = dice_loss(logits, target, self.ignore_index, 0.05, self.dice_average)
+            parts["loss_dice"] = self.dice_weight * dice
         if aux_logits is not None and self.aux_weight:
             parts["loss_aux"] = self.aux_weight * self.ce(aux_logits, target)
         parts["loss"] = torch.stack(list(parts.values())).sum()

@@ -192,6 +192,7 @@ class SegmentationTask(TaskModule):
             float(lcfg.get("label_smoothing", 0.05)),
             float(lcfg.get("dice_weight", 1.0)),
             float(lcfg.get("aux_weight", 0.4)),
+            str(lcfg.get("averaging", "geoseg")),
         )
         self.exclude = list((config.get("evaluation") or {}).get("exclude") or [])
         for e in self.exclude:
