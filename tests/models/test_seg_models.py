@@ -151,33 +151,25 @@ def _geoseg_loss_by_hand(logits, target, aux, ignore=255, eps=0.05, smooth=0.05)
     """GeoSeg UnetFormerLoss re-derived with explicit loops: SoftCE (fairseq label smoothing, ignored pixels 0, mean
     over all pixels) + DiceLoss (multiclass, smooth 0.05, absent classes 0, mean over all classes) + 0.4 SoftCE(aux)."""
     n, k, h, w = logits.shape
+    pixels = [(b, y, x, int(target[b, y, x])) for b in range(n) for y in range(h) for x in range(w)]
+    pixels = [p for p in pixels if p[3] != ignore]
 
     def soft_ce(lg):
         total = 0.0
-        for b in range(n):
-            for y in range(h):
-                for x in range(w):
-                    t = int(target[b, y, x])
-                    if t == ignore:
-                        continue
-                    logp = torch.log_softmax(lg[b, :, y, x].double(), 0)
-                    total += (1 - eps) * -logp[t].item() + eps / k * -logp.sum().item()
+        for b, y, x, t in pixels:
+            logp = torch.log_softmax(lg[b, :, y, x].double(), 0)
+            total += (1 - eps) * -logp[t].item() + eps / k * -logp.sum().item()
         return total / (n * h * w)
 
     prob = torch.softmax(logits.double(), 1)
     dice_sum = 0.0
     for c in range(k):
         inter = card = count = 0.0
-        for b in range(n):
-            for y in range(h):
-                for x in range(w):
-                    t = int(target[b, y, x])
-                    if t == ignore:
-                        continue
-                    is_c = float(t == c)
-                    inter += prob[b, c, y, x].item() * is_c
-                    card += prob[b, c, y, x].item() + is_c
-                    count += is_c
+        for b, y, x, t in pixels:
+            is_c = float(t == c)
+            inter += prob[b, c, y, x].item() * is_c
+            card += prob[b, c, y, x].item() + is_c
+            count += is_c
         if count > 0:
             dice_sum += 1 - (2 * inter + smooth) / max(card + smooth, 1e-7)
     return soft_ce(logits) + dice_sum / k + 0.4 * soft_ce(aux)

@@ -4,6 +4,7 @@ round trip, predict outputs and bad input; real ISPRS/LoveDA crops (realdata).""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -60,12 +61,68 @@ def test_get_task_and_presets_resolve():
         "potsdam_lsknet_t_unetformer_cpu",
     ):
         cfg = load_config(name)
-        assert cfg["task"] == "segment" and cfg["trainer"]["monitor"] == "val/mIoU"
+        assert cfg["task"] == "segment" and cfg["trainer"]["monitor"] in ("val/mIoU", "val/mF1")
+
+
+# GeoSeg config/<dataset>/unetformer.py values, read from GeoSeg (max_epoch, batch, lr, scheduler, crop, scales,
+# online flips, mosaic, training tiles)
+GEOSEG = {
+    "potsdam": dict(epochs=45, batch=8, sched=("cosine_restarts", 15, 2), crop=768, scales=[0.75, 1.0, 1.25, 1.5],
+                    flips=(False, False, False, None), stride=1024, flip_copies=True),
+    "vaihingen": dict(epochs=105, batch=8, sched=("cosine_restarts", 15, 2), crop=512,
+                      scales=[0.5, 0.75, 1.0, 1.25, 1.5], flips=(False, False, 0.5, None), stride=512,
+                      flip_copies=True),
+    "loveda": dict(epochs=30, batch=16, sched=("cosine", 30, 1e-6), crop=512, scales=[0.75, 1.0, 1.25, 1.5],
+                   flips=(0.5, False, False, None), stride=None, flip_copies=False),
+    "uavid": dict(epochs=40, batch=8, sched=("cosine", 40, 0.0), crop=None, scales=None,
+                  flips=(0.5, 0.5, False, {"brightness": 0.25, "contrast": 0.25, "p": 0.25}), stride=1024,
+                  flip_copies=False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", sorted(GEOSEG))
+@pytest.mark.parametrize("variant", ["t", "s"])
+def test_presets_follow_geoseg_unetformer_configs(dataset, variant):
+    cfg = load_config(f"{dataset}_lsknet_{variant}_unetformer")
+    want = GEOSEG[dataset]
+    o, d = cfg["optim"], cfg["data"]
+    assert cfg["model"]["variant"] == f"lsknet_{variant}"
+    assert (o["name"], o["lr"], o["weight_decay"], o["backbone_lr_mult"]) == ("adamw", 6e-4, 0.01, 0.1)
+    assert o["no_decay_norm_bias"] == "bias" and o["lookahead"] == {"k": 5, "alpha": 0.5} and o["interval"] == "epoch"
+    sched = want["sched"]
+    if sched[0] == "cosine":
+        assert (o["schedule"], o["t_max"], o["min_lr"]) == sched
+    else:
+        assert (o["schedule"], o["t0"], o["t_mult"]) == sched
+    assert (cfg["trainer"]["max_epochs"], d["batch_size"]) == (want["epochs"], want["batch"])
+    assert d["augment"] == "geoseg" and d["mosaic_ratio"] == 0.25 and d["mosaic_size"] == 1024
+    assert (d["crop_size"], d["scales"]) == (want["crop"], want["scales"])
+    assert (d["hflip"], d["vflip"], d["rot90"], d["brightness_contrast"]) == want["flips"]
+    assert d["train_tile_stride"] == want["stride"] and d["train_flip_copies"] == want["flip_copies"]
+    assert cfg["loss"]["averaging"] == "geoseg" and cfg["loss"]["aux_weight"] == 0.4
+    if dataset in ("loveda", "uavid"):  # GeoSeg trains on train + val
+        assert isinstance(d["train"], list) and len(d["train"]) == 2 and d["train"][1] == d["val"]
+
+
+def test_geoseg_recipe_trains_with_lookahead_and_epoch_schedule(scenes, tmp_path):
+    from lsknet.tasks import runner
+    from lsknet.tasks.lookahead import Lookahead
+
     pots = load_config("potsdam_lsknet_t_unetformer")
-    assert (pots["optim"]["lr"], pots["optim"]["weight_decay"], pots["optim"]["t0"], pots["optim"]["t_mult"]) == (
-        8e-4, 0.01, 15, 2)  # fmt: skip
-    assert (pots["trainer"]["max_epochs"], pots["data"]["crop_size"], pots["data"]["batch_size"]) == (45, 768, 8)
-    assert pots["evaluation"]["exclude"] == ["clutter"]
+    cfg = _cfg(scenes, tmp_path / "run", ["trainer.max_steps=-1", "trainer.max_epochs=2",
+                                          "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])  # fmt: skip
+    cfg["optim"] = pots["optim"]
+    cfg["data"].update(augment="geoseg", scales=[0.75, 1.0], crop_size=48, mosaic_ratio=1.0, hflip=False, vflip=False,
+                       rot90=0.5, train=[cfg["data"]["train"], cfg["data"]["val"]])  # fmt: skip
+    result = runner.train(cfg)
+    module = result.module
+    opt = module.trainer.optimizers[0]
+    assert isinstance(opt, Lookahead)
+    assert len(module.trainer.datamodule.datasets["train"]) == 6  # 4 train + 2 val scenes
+    # after 2 epochs of CosineAnnealingWarmRestarts(T_0 15): lr = base (1 + cos(pi 2 / 15)) / 2, backbone 0.1x
+    factor = (1 + math.cos(math.pi * 2 / 15)) / 2
+    lrs = sorted({round(g["lr"], 12) for g in opt.param_groups})
+    assert lrs == pytest.approx([6e-5 * factor, 6e-4 * factor], rel=1e-9)
 
 
 def test_trained_run_writes_metrics_matching_an_independent_confusion(trained, scenes):

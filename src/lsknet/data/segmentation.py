@@ -30,16 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from lsknet.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD, GeoSegTransform, SegTransform, mosaic, to_tensor
 from lsknet.errors import ConfigError, DatasetFormatError, DataSkipWarning
 
 _log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ISPRS_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
 ISPRS_PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
@@ -359,70 +357,6 @@ def cut_tiles(
     return {"images": len(pairs), "tiles": count, "out": str(out_dir)}
 
 
-# ----------------------------------------------------------------------------------------------- transforms
-def to_tensor(
-    image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> torch.Tensor:
-    """``(H, W, C)`` uint8 -> normalised float ``(C, H, W)`` (``(x / 255 - mean) / std``, channel by channel)."""
-    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
-    c = x.shape[0]
-    m = torch.tensor((list(mean) * c)[:c]).view(-1, 1, 1)
-    s = torch.tensor((list(std) * c)[:c]).view(-1, 1, 1)
-    return (x - m) / s
-
-
-class SegTransform:
-    """Aligned augmentation of an image ``(C, H, W)`` float tensor and its mask ``(H, W)`` long tensor.
-
-    Random scale (factor drawn from ``scale_range``, bilinear image / nearest mask), random crop to ``crop_size``
-    (padding with 0 / ``ignore_index`` when smaller), horizontal and vertical flips (probability 0.5 each) and
-    90-degree rotations (k uniform in 0..3). With everything off it is the identity.
-    """
-
-    def __init__(
-        self,
-        crop_size: int | None = None,
-        scale_range: Sequence[float] = (1.0, 1.0),
-        hflip: bool = False,
-        vflip: bool = False,
-        rot90: bool = False,
-        ignore_index: int = 255,
-    ) -> None:
-        self.crop_size = crop_size
-        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
-        self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
-        self.ignore_index = ignore_index
-
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = self.scale_range
-        if (lo, hi) != (1.0, 1.0):
-            f = random.uniform(lo, hi)
-            size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[2] * f)))
-            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-            mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
-        if self.crop_size:
-            image, mask = self._crop(image, mask, self.crop_size)
-        if self.hflip and random.random() < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
-        if self.vflip and random.random() < 0.5:
-            image, mask = image.flip(-2), mask.flip(-2)
-        if self.rot90:
-            k = random.randrange(4)
-            if k:
-                image, mask = image.rot90(k, (-2, -1)), mask.rot90(k, (-2, -1))
-        return image.contiguous(), mask.contiguous()
-
-    def _crop(self, image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        h, w = mask.shape
-        ph, pw = max(0, size - h), max(0, size - w)
-        if ph or pw:
-            image = F.pad(image, (0, pw, 0, ph), value=0.0)
-            mask = F.pad(mask, (0, pw, 0, ph), value=self.ignore_index)
-            h, w = mask.shape
-        y, x = random.randint(0, h - size), random.randint(0, w - size)
-        return image[:, y : y + size, x : x + size], mask[y : y + size, x : x + size]
-
-
 # ----------------------------------------------------------------------------------------------- dataset
 class SegmentationDataset(Dataset):
     """Image/mask pairs as samples ``{"image": (C,H,W) float, "mask": (H,W) int64, "name": str}``.
@@ -431,6 +365,12 @@ class SegmentationDataset(Dataset):
     smaller windows at the border instead of shifted ones, see :func:`tile_windows`); otherwise each
     image is one sample, repeated ``repeats`` times (random crops come from ``transform``). Decoded images are
     kept in a small LRU cache (``cache_size`` images) so consecutive windows of one tile decode it once.
+    ``mosaic_ratio``: with this probability a sample is GeoSeg's mosaic of itself and three random samples on a
+    ``mosaic_size`` canvas (default: the sample's size), before ``transform``. A :class:`GeoSegTransform` runs on
+    the uint8 arrays before normalisation; a :class:`SegTransform` on the normalised tensors. GeoSeg's offline
+    patch split: ``flip_copies`` adds a horizontally and a vertically flipped copy of every image (3x the items);
+    ``tile_pad`` pads each image bottom/right (image 0, mask ignore) to a multiple of ``tile_size`` and keeps the
+    full tiles of the ``tile_stride`` grid instead of shifting the last ones.
     """
 
     # Optional (H, W, C) uint8 -> same-shape uint8 function applied after decoding, before caching
@@ -441,7 +381,7 @@ class SegmentationDataset(Dataset):
         self,
         pairs: Sequence[tuple[Path, Path]],
         coding: MaskCoding,
-        transform: SegTransform | None = None,
+        transform: SegTransform | GeoSegTransform | None = None,
         *,
         tile_size: int | None = None,
         tile_stride: int | None = None,
@@ -450,21 +390,37 @@ class SegmentationDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         cache_size: int = 2,
+        mosaic_ratio: float = 0.0,
+        mosaic_size: int | None = None,
+        flip_copies: bool = False,
+        tile_pad: bool = False,
     ) -> None:
         self.pairs = [(Path(a), Path(b)) for a, b in pairs]
+        self.mosaic_ratio, self.mosaic_size = float(mosaic_ratio), mosaic_size
         self.coding = coding
         self.transform = transform
         self.mean, self.std = mean, std
         sizes = check_sizes(self.pairs)
-        if tile_size:
+        flips = (None, "h", "v") if flip_copies else (None,)
+        if tile_size and tile_pad:  # GeoSeg's patch split: pad bottom/right to a multiple of the tile, full tiles only
             stride = tile_stride or tile_size
             self.items = [
-                (i, win)
+                (i, (y, x, tile_size, tile_size), f)
                 for i, (w, h) in enumerate(sizes)
+                for f in flips
+                for y in range(0, -(-h // tile_size) * tile_size - tile_size + 1, stride)
+                for x in range(0, -(-w // tile_size) * tile_size - tile_size + 1, stride)
+            ]
+        elif tile_size:
+            stride = tile_stride or tile_size
+            self.items = [
+                (i, win, f)
+                for i, (w, h) in enumerate(sizes)
+                for f in flips
                 for win in tile_windows(h, w, tile_size, stride, tile_partial)
             ]
         else:
-            self.items = [(i, None) for _ in range(max(1, repeats)) for i in range(len(self.pairs))]
+            self.items = [(i, None, f) for _ in range(max(1, repeats)) for i in range(len(self.pairs)) for f in flips]
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.cache_size = cache_size
 
@@ -490,17 +446,35 @@ class SegmentationDataset(Dataset):
             self._cache.popitem(last=False)
         return image, labels
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
-        index, win = self.items[idx]
+    def sample(self, idx: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Item ``idx`` before any augmentation: image ``(h, w, C)`` uint8, mask ``(h, w)`` uint8, name."""
+        index, win, flip = self.items[idx]
         image, labels = self.load(index)
         name = self.pairs[index][0].stem
+        if flip:
+            axis = 1 if flip == "h" else 0
+            image, labels, name = np.flip(image, axis), np.flip(labels, axis), f"{name}_{flip}flip"
         if win is not None:
             y, x, h, w = win
             image, labels = image[y : y + h, x : x + w], labels[y : y + h, x : x + w]
+            ph, pw = h - labels.shape[0], w - labels.shape[1]
+            if ph or pw:  # tile_pad: the part beyond the image
+                image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+                labels = np.pad(labels, ((0, ph), (0, pw)), constant_values=self.coding.ignore_index)
             name = f"{name}_{y}_{x}"
+        return np.ascontiguousarray(image), np.ascontiguousarray(labels), name
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        image, labels, name = self.sample(idx)
+        if self.mosaic_ratio and random.random() < self.mosaic_ratio:
+            others = [self.sample(random.randrange(len(self.items)))[:2] for _ in range(3)]
+            size = (self.mosaic_size,) * 2 if self.mosaic_size else labels.shape
+            image, labels = mosaic([(image, labels), *others], size, ignore_index=self.coding.ignore_index)
+        if isinstance(self.transform, GeoSegTransform):
+            image, labels = self.transform(image, labels)
         img = to_tensor(image, self.mean, self.std)
         mask = torch.from_numpy(labels.astype(np.int64))
-        if self.transform is not None:
+        if isinstance(self.transform, SegTransform):
             img, mask = self.transform(img, mask)
         return {"image": img, "mask": mask, "name": name}
 

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from lsknet.data.seg_transforms import GeoSegTransform
 from lsknet.data.segmentation import (
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
@@ -60,12 +61,19 @@ def coding_from_config(data_cfg: dict[str, Any]) -> MaskCoding:
 
 
 def split_pairs(data_cfg: dict[str, Any], split: str) -> list[tuple[Path, Path]] | None:
-    """Image/mask pairs of ``split`` (None when the split is not configured)."""
+    """Image/mask pairs of ``split`` (None when the split is not configured). A split is one mapping or a list of
+    them (e.g. GeoSeg's LoveDA/UAVid training on train + val), their pairs concatenated."""
     spec = data_cfg.get(split)
     if not spec:
         return None
+    if isinstance(spec, list):
+        return [pair for i, part in enumerate(spec) for pair in _spec_pairs(data_cfg, f"{split}[{i}]", part)]
+    return _spec_pairs(data_cfg, split, spec)
+
+
+def _spec_pairs(data_cfg: dict[str, Any], split: str, spec: Any) -> list[tuple[Path, Path]]:
     if not isinstance(spec, dict) or "images" not in spec or "masks" not in spec:
-        raise ConfigError(f"data.{split} must be a mapping with 'images' and 'masks' folders")
+        raise ConfigError(f"data.{split} must be a mapping with 'images' and 'masks' folders (or a list of them)")
     root = Path(data_cfg["root"]) if data_cfg.get("root") else Path(".")
     opts = {k: spec.get(k, data_cfg.get(k)) for k in ("image_suffix", "mask_suffix", "replace_parts")}
     pairs = find_pairs(
@@ -90,6 +98,28 @@ def split_pairs(data_cfg: dict[str, Any], split: str) -> list[tuple[Path, Path]]
     return pairs
 
 
+def train_transform(c: dict[str, Any], ignore_index: int) -> SegTransform | GeoSegTransform:
+    """The training augmentation of a ``data`` section: ``augment: geoseg`` (GeoSeg's UNetFormer pipeline: discrete
+    ``scales``, SmartCrop to ``crop_size``, flip/rot90 probabilities, ``brightness_contrast``) or ``default``."""
+    augment = str(c.get("augment", "default")).lower()
+    if augment == "geoseg":
+        return GeoSegTransform(
+            scales=c.get("scales"), crop_size=c.get("crop_size"), max_ratio=float(c.get("smart_crop_max_ratio", 0.75)),
+            hflip=c.get("hflip", False), vflip=c.get("vflip", False), rot90=c.get("rot90", False),
+            brightness_contrast=c.get("brightness_contrast"), ignore_index=ignore_index,
+        )  # fmt: skip
+    if augment != "default":
+        raise ConfigError(f"data.augment must be default or geoseg, got {augment!r}")
+    return SegTransform(
+        crop_size=c.get("crop_size"),
+        scale_range=c.get("scale_range") or (1.0, 1.0),
+        hflip=bool(c.get("hflip", True)),
+        vflip=bool(c.get("vflip", True)),
+        rot90=bool(c.get("rot90", True)),
+        ignore_index=ignore_index,
+    )
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """Train / val / test loaders from a ``data`` section (see module doc)."""
 
@@ -108,17 +138,11 @@ class SegmentationDataModule(L.LightningDataModule):
         c = self.cfg
         mean, std = c.get("mean") or IMAGENET_MEAN, c.get("std") or IMAGENET_STD
         if split == "train":
-            transform = SegTransform(
-                crop_size=c.get("crop_size"),
-                scale_range=c.get("scale_range") or (1.0, 1.0),
-                hflip=bool(c.get("hflip", True)),
-                vflip=bool(c.get("vflip", True)),
-                rot90=bool(c.get("rot90", True)),
-                ignore_index=self.coding.ignore_index,
-            )
             ds = SegmentationDataset(
-                pairs, self.coding, transform, tile_size=c.get("train_tile_size"),
+                pairs, self.coding, train_transform(c, self.coding.ignore_index), tile_size=c.get("train_tile_size"),
                 tile_stride=c.get("train_tile_stride"), repeats=int(c.get("repeats", 1)), mean=mean, std=std,
+                mosaic_ratio=float(c.get("mosaic_ratio") or 0.0), mosaic_size=c.get("mosaic_size"),
+                flip_copies=bool(c.get("train_flip_copies", False)), tile_pad=bool(c.get("train_tile_pad", False)),
             )  # fmt: skip
         else:
             ds = SegmentationDataset(
