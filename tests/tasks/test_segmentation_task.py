@@ -245,3 +245,15 @@ def test_split_include_list(scenes, tmp_path):
     cfg["data"]["val"]["include"] = ["scene_0001", "scene_0042"]
     with pytest.raises(DatasetFormatError, match="scene_0042"):
         build(cfg)[1]._dataset("val")
+
+
+def test_old_unetformer_layout_checkpoint_is_a_clear_error(trained, tmp_path):
+    from lsknet.errors import CheckpointError
+    from lsknet.tasks import runner
+
+    ckpt = torch.load(trained.best_checkpoint, map_location="cpu", weights_only=True)
+    old, new = "model.decode_head.pre_conv.", "model.decode_head.pre4."
+    ckpt["state_dict"] = {(k.replace(old, new) if k.startswith(old) else k): v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointError, match="older lsknet"):
+        runner.load_module(tmp_path / "old.ckpt")

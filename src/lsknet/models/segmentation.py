@@ -165,6 +165,18 @@ def from_geoseg_layout(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return renamed
 
 
+def reject_old_unetformer_layout(state_dict: dict[str, Tensor], source: str, prefix: str = "") -> None:
+    """CheckpointError for segmenter weights with the UNetFormer head lsknet had before it followed GeoSeg (keys
+    ``decode_head.pre4.`` ...; ``prefix`` e.g. ``"model."`` for a Lightning module's state dict)."""
+    old = tuple(prefix + p for p in OLD_LAYOUT_PREFIXES)
+    if any(k.startswith(old) for k in state_dict):
+        raise CheckpointError(
+            f"{source}: written by an older lsknet whose UNetFormer head (pre4/block4/fuse3/refine) is not GeoSeg's "
+            "Decoder (extra BatchNorms and biases, other border padding); it cannot be converted exactly: retrain, "
+            "or load only its backbone with model.backbone_checkpoint"
+        )
+
+
 def load_segmenter_checkpoint(model: Segmenter, path: str | Path) -> None:
     """Load a whole-segmenter checkpoint (strict): lsknet's own, or GeoSeg's UNetFormer layout (``backbone.`` +
     ``decoder.`` keys, e.g. their timm ResNet-18 models: build with ``backbone_kwargs={"out_indices": (1, 2, 3,
@@ -178,12 +190,8 @@ def load_segmenter_checkpoint(model: Segmenter, path: str | Path) -> None:
     if not any(k.startswith("decode_head.") for k in sd):
         load_backbone(model, path)
         return
-    if isinstance(model.decode_head, UNetFormerHead) and any(k.startswith(OLD_LAYOUT_PREFIXES) for k in sd):
-        raise CheckpointError(
-            f"{path}: written by an older lsknet whose UNetFormer head (pre4/block4/fuse3/refine) is not GeoSeg's "
-            "Decoder (extra BatchNorms and biases, other border padding); it cannot be converted exactly: retrain, "
-            "or load only its backbone with model.backbone_checkpoint"
-        )
+    if isinstance(model.decode_head, UNetFormerHead):
+        reject_old_unetformer_layout(sd, str(path))
     if model.aux_head is None:  # a trained checkpoint carries its auxiliary head; inference models may drop it
         sd = {k: v for k, v in sd.items() if not k.startswith("aux_head.")}
     if getattr(model.decode_head, "aux_head", True) is None:

@@ -268,7 +268,10 @@ def checkpoint_config(path: str | Path, checkpoint: dict[str, Any] | None = None
 
 
 def check_state_dict_fits(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """CheckpointError naming missing / unexpected / mis-shaped keys (e.g. an lsknet_s checkpoint for lsknet_t)."""
+    """CheckpointError naming missing / unexpected / mis-shaped keys (e.g. an lsknet_s checkpoint for lsknet_t);
+    a task may first reject a known old layout with a specific message (``module.check_checkpoint``)."""
+    if hasattr(module, "check_checkpoint"):
+        module.check_checkpoint(state_dict, source)
     target = module.state_dict()
     mismatched = [
         f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"

@@ -40,7 +40,7 @@ from lsknet.data.segmentation import (
 from lsknet.errors import ConfigError, DatasetFormatError
 from lsknet.evaluation.segmentation import metrics_from_confusion, plot_confusion_png, write_confusion_csv, write_json
 from lsknet.models.backbone import lsk_kwargs
-from lsknet.models.segmentation import SegmentationLoss, build_segmenter
+from lsknet.models.segmentation import SegmentationLoss, build_segmenter, reject_old_unetformer_layout
 from lsknet.tasks.base import TaskModule, make_loader
 
 log = logging.getLogger(__name__)
@@ -246,6 +246,10 @@ class SegmentationTask(TaskModule):
             load_segmenter_checkpoint(self.model, m["checkpoint"])
             log.info("loaded segmenter weights from %s", m["checkpoint"])
         self._initial_weights_loaded = True
+
+    def check_checkpoint(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """A clear error for checkpoints of the UNetFormer head lsknet had before it followed GeoSeg."""
+        reject_old_unetformer_layout(state_dict, source, prefix="model.")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` for normalised images ``(B, C, H, W)``."""
