@@ -49,6 +49,24 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 _VARIANTS = {"t": "lsknet_t", "s": "lsknet_s", "lsknet_t": "lsknet_t", "lsknet_s": "lsknet_s"}
 
 
+def _check_images(images: Sequence[torch.Tensor] | torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """A list of (3, H, W) images and their (H, W); raises ``ValueError`` naming the bad image."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"expected a (B, 3, H, W) tensor or a list of (3, H, W) tensors, got {images.shape}")
+        images = list(images)
+    if len(images) == 0:
+        raise ValueError("no images given")
+    sizes = []
+    for i, img in enumerate(images):
+        if img.ndim != 3 or img.shape[0] != 3:
+            raise ValueError(f"image {i}: expected shape (3, H, W) RGB, got {tuple(img.shape)}")
+        if min(img.shape[1:]) < 1:
+            raise ValueError(f"image {i}: empty image {tuple(img.shape)}")
+        sizes.append((int(img.shape[1]), int(img.shape[2])))
+    return list(images), sizes
+
+
 class OrientedRCNN(nn.Module):
     """Two-stage oriented detector composed of readable parts.
 
@@ -61,6 +79,9 @@ class OrientedRCNN(nn.Module):
             intermediates_only=True)`` (timm models); otherwise from ``backbone(x)``.
         pixel_mean, pixel_std: normalisation in 0..255 units, RGB.
         size_divisor: images are padded to a multiple of this.
+        batch_same_size: at inference, run images of the same padded size as one batch (faster on a GPU; results
+            then equal the one-by-one results only up to float rounding, which can flip NMS decisions). Default
+            ``False``: each image runs alone, as the official batch-1 test, so results never depend on the batch.
     """
 
     def __init__(
@@ -73,6 +94,7 @@ class OrientedRCNN(nn.Module):
         pixel_mean: Sequence[float] = PIXEL_MEAN,
         pixel_std: Sequence[float] = PIXEL_STD,
         size_divisor: int = 32,
+        batch_same_size: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -83,6 +105,7 @@ class OrientedRCNN(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
         self.size_divisor = size_divisor
+        self.batch_same_size = batch_same_size
 
     @property
     def num_classes(self) -> int:
@@ -92,22 +115,8 @@ class OrientedRCNN(nn.Module):
     def preprocess(self, images: Sequence[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Normalise and pad a list of (3, H, W) 0..255 RGB images into a (B, 3, H', W') batch; also return each
         image's (H, W) before padding."""
-        if isinstance(images, torch.Tensor):
-            if images.ndim != 4:
-                raise ValueError(f"expected a (B, 3, H, W) tensor or a list of (3, H, W) tensors, got {images.shape}")
-            images = list(images)
-        if len(images) == 0:
-            raise ValueError("no images given")
-        sizes = []
-        for i, img in enumerate(images):
-            if img.ndim != 3 or img.shape[0] != 3:
-                raise ValueError(f"image {i}: expected shape (3, H, W) RGB, got {tuple(img.shape)}")
-            if min(img.shape[1:]) < 1:
-                raise ValueError(f"image {i}: empty image {tuple(img.shape)}")
-            sizes.append((int(img.shape[1]), int(img.shape[2])))
-        d = self.size_divisor
-        pad_h = int(math.ceil(max(h for h, _ in sizes) / d) * d)
-        pad_w = int(math.ceil(max(w for _, w in sizes) / d) * d)
+        images, sizes = _check_images(images)
+        pad_h, pad_w = self.padded_size(max(h for h, _ in sizes), max(w for _, w in sizes))
         device, dtype = self.pixel_mean.device, self.pixel_mean.dtype
         batch = torch.zeros(len(images), 3, pad_h, pad_w, device=device, dtype=dtype)
         for i, img in enumerate(images):
@@ -128,31 +137,54 @@ class OrientedRCNN(nn.Module):
         images: Sequence[torch.Tensor] | torch.Tensor,
         targets: Sequence[Mapping[str, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Training (``self.training`` and targets given): dict of losses ``loss_rpn_cls``, ``loss_rpn_bbox``,
-        ``loss_cls``, ``loss_bbox`` (+ ``acc``, not a loss). Otherwise: per-image result dicts."""
+        """Training (``self.training``, targets required): dict of losses ``loss_rpn_cls``, ``loss_rpn_bbox``,
+        ``loss_cls``, ``loss_bbox`` (+ ``acc``, not a loss); the batch is padded to its largest image (as MMDetection's
+        collate does). Eval mode: per-image result dicts, each image padded on its own (see :meth:`_predict`)."""
+        if not self.training:
+            return self._predict(images)
+        if targets is None:
+            raise ValueError("training mode needs targets (call model.eval() for inference)")
         batch, sizes = self.preprocess(images)
         feats = self.extract_feats(batch)
         logits, deltas = self.rpn_head(feats)
         anchors = self.rpn_head.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], batch.device)
-        if self.training:
-            if targets is None:
-                raise ValueError("training mode needs targets (call model.eval() for inference)")
-            if len(targets) != len(sizes):
-                raise ValueError(f"{len(sizes)} images but {len(targets)} targets")
-            gt_rboxes, gt_labels = [], []
-            for t in targets:
-                boxes = torch.as_tensor(t["rboxes"], dtype=torch.float32, device=batch.device).reshape(-1, 5)
-                labels = torch.as_tensor(t["labels"], dtype=torch.long, device=batch.device).reshape(-1)
-                if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                    raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.tolist()[:10]}")
-                gt_rboxes.append(boxes)
-                gt_labels.append(labels)
-            losses = self.rpn_head.loss(logits, deltas, anchors, sizes, gt_rboxes)
-            proposals = self.rpn_head.proposals(logits, deltas, anchors, sizes, self.rpn_head.train_proposals)
-            losses.update(self.roi_head.loss(feats, proposals, gt_rboxes, gt_labels))
-            return losses
-        proposals = self.rpn_head.proposals(logits, deltas, anchors, sizes, self.rpn_head.test_proposals)
-        return self.roi_head.predict(feats, proposals, sizes)
+        if len(targets) != len(sizes):
+            raise ValueError(f"{len(sizes)} images but {len(targets)} targets")
+        gt_rboxes, gt_labels = [], []
+        for t in targets:
+            boxes = torch.as_tensor(t["rboxes"], dtype=torch.float32, device=batch.device).reshape(-1, 5)
+            labels = torch.as_tensor(t["labels"], dtype=torch.long, device=batch.device).reshape(-1)
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.tolist()[:10]}")
+            gt_rboxes.append(boxes)
+            gt_labels.append(labels)
+        losses = self.rpn_head.loss(logits, deltas, anchors, sizes, gt_rboxes)
+        proposals = self.rpn_head.proposals(logits, deltas, anchors, sizes, self.rpn_head.train_proposals)
+        losses.update(self.roi_head.loss(feats, proposals, gt_rboxes, gt_labels))
+        return losses
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) rounded up to multiples of ``size_divisor``: the input size of an image tested on its own."""
+        d = self.size_divisor
+        return int(math.ceil(height / d) * d), int(math.ceil(width / d) * d)
+
+    def _predict(self, images: Sequence[torch.Tensor] | torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Inference with each image padded on its own to a multiple of ``size_divisor`` and run alone (official
+        batch-1 testing), so results never depend on the batch's make-up; see ``batch_same_size``."""
+        images, sizes = _check_images(images)
+        groups: dict[object, list[int]] = {}
+        for i, (h, w) in enumerate(sizes):
+            groups.setdefault(self.padded_size(h, w) if self.batch_same_size else i, []).append(i)
+        results: list[dict[str, torch.Tensor]] = [{} for _ in images]
+        for idx in groups.values():
+            batch, sizes = self.preprocess([images[i] for i in idx])
+            feats = self.extract_feats(batch)
+            logits, deltas = self.rpn_head(feats)
+            anchors = self.rpn_head.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], batch.device)
+            proposals = self.rpn_head.proposals(logits, deltas, anchors, sizes, self.rpn_head.test_proposals)
+            for i, res in zip(idx, self.roi_head.predict(feats, proposals, sizes)):
+                results[i] = res
+        return results
 
 
 def _dataclass_from(cls: type, value: Any, what: str) -> Any:

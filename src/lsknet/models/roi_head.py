@@ -219,16 +219,19 @@ class OrientedRoIHead(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
         cfg: RoITestConfig | None = None,
     ) -> list[dict[str, torch.Tensor]]:
-        """Per image ``{"rboxes": (D, 5), "scores": (D,), "labels": (D,) int64}`` after class-wise rotated NMS."""
+        """Per image ``{"rboxes": (D, 5), "scores": (D,), "labels": (D,) int64}`` after class-wise rotated NMS.
+
+        ``image_sizes``: (H, W) of each image before padding; decoded centres are clamped into it."""
         cfg = cfg or self.test_cfg
         rois = rois_from_boxes(proposals)
         cls_logits, deltas = self.bbox_head(self.bbox_roi_extractor(feats, rois))
         probs = F.softmax(cls_logits.float(), dim=1)
-        boxes = self.bbox_coder.decode(rois[:, 1:], deltas.float())
         results = []
-        for i in range(len(image_sizes)):
+        for i, size in enumerate(image_sizes):
             sel = rois[:, 0] == i
-            results.append(self._postprocess(boxes[sel], probs[sel], cfg))
+            # centres are clamped to [0, W - 1] x [0, H - 1] of the unpadded image (official get_bboxes)
+            boxes = self.bbox_coder.decode(rois[sel, 1:], deltas[sel].float(), max_shape=size)
+            results.append(self._postprocess(boxes, probs[sel], cfg))
         return results
 
     def _postprocess(self, rboxes: torch.Tensor, probs: torch.Tensor, cfg: RoITestConfig) -> dict[str, torch.Tensor]:

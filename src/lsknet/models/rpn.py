@@ -145,7 +145,9 @@ def sample_random(
 @dataclass
 class ProposalConfig:
     """Proposal generation: top ``nms_pre`` anchors per level by objectness, horizontal NMS per level at
-    ``nms_iou`` on the proposals' envelopes, ``max_per_img`` kept, boxes with a side ``<= min_bbox_size`` dropped."""
+    ``nms_iou`` on the proposals' envelopes, ``max_per_img`` kept. With ``min_bbox_size > 0`` boxes with a side
+    ``< min_bbox_size`` are dropped before NMS; with 0 (official) nothing is dropped, not even degenerate boxes
+    (non-finite boxes always are)."""
 
     nms_pre: int = 2000
     nms_iou: float = 0.8
@@ -166,6 +168,10 @@ class OrientedRPNHead(nn.Module):
             (official 0; negative = train all anchors).
         train_proposals, test_proposals: :class:`ProposalConfig` for training and inference.
         smooth_l1_beta: beta of the regression loss (1/9).
+        official_angle_rounding: decode proposals with MMRotate's float arithmetic (default, see
+            :class:`~lsknet.ops.MidpointOffsetCoder`): some near-vertical proposals get angle ``+pi/2 - eps``
+            instead of ``-pi/2`` and are pooled turned by 180 degrees, as in the official detector. ``False``
+            gives exact le90 angles (a deliberate deviation); ignored when ``bbox_coder`` is given.
     """
 
     def __init__(
@@ -184,10 +190,11 @@ class OrientedRPNHead(nn.Module):
         train_proposals: ProposalConfig | None = None,
         test_proposals: ProposalConfig | None = None,
         smooth_l1_beta: float = 1.0 / 9.0,
+        official_angle_rounding: bool = True,
     ) -> None:
         super().__init__()
         self.anchor_generator = anchor_generator or AnchorGenerator()
-        self.bbox_coder = bbox_coder or MidpointOffsetCoder()
+        self.bbox_coder = bbox_coder or MidpointOffsetCoder(official_rounding=official_angle_rounding)
         num_anchors = self.anchor_generator.num_anchors
         self.rpn_conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
         self.rpn_cls = nn.Conv2d(feat_channels, num_anchors, 1)
@@ -312,11 +319,13 @@ class OrientedRPNHead(nn.Module):
             s = torch.cat(scores)
             rboxes = self.bbox_coder.decode(torch.cat(level_anchors), torch.cat(level_deltas).float())
             ids = torch.cat(level_ids)
-            if cfg.min_bbox_size >= 0:
-                valid = (rboxes[:, 2] > cfg.min_bbox_size) & (rboxes[:, 3] > cfg.min_bbox_size)
-                valid &= torch.isfinite(rboxes).all(dim=1)
-                if not bool(valid.all()):
-                    rboxes, s, ids = rboxes[valid], s[valid], ids[valid]
+            # official semantics: the size filter only runs for min_bbox_size > 0 (sides >= it are kept), so
+            # degenerate proposals (h = 0 when the clamped midpoint offsets meet) stay among the candidates
+            valid = torch.isfinite(rboxes).all(dim=1)
+            if cfg.min_bbox_size > 0:
+                valid &= (rboxes[:, 2] >= cfg.min_bbox_size) & (rboxes[:, 3] >= cfg.min_bbox_size)
+            if not bool(valid.all()):
+                rboxes, s, ids = rboxes[valid], s[valid], ids[valid]
             if rboxes.numel() == 0:
                 out.append(rboxes.new_zeros(0, 6))
                 continue

@@ -27,13 +27,14 @@ __all__ = ["DeltaXYWHTCoder", "MidpointOffsetCoder"]
 _WH_RATIO_CLIP = 16 / 1000
 
 
-def _norm_angle(t: Tensor, version: str) -> Tensor:
-    """MMRotate's ``norm_angle``: wrap into the version's half-open interval (identity for ``oc``)."""
+def _norm_angle(t: Tensor, version: str, half_open: bool = True) -> Tensor:
+    """MMRotate's ``norm_angle`` ``(t - start) % pi + start`` (identity for ``oc``). ``half_open``: results that
+    round up to ``start + pi`` are wrapped to ``start`` (MMRotate leaves them, so it can return +pi/2 in le90)."""
     if version == "oc":
         return t
     start = -math.pi / 2 if version == "le90" else -math.pi / 4
     t = torch.remainder(t - start, math.pi) + start
-    return torch.where(t >= start + math.pi, t - math.pi, t)
+    return torch.where(t >= start + math.pi, t - math.pi, t) if half_open else t
 
 
 def _check_last(x: object, size: int, name: str, what: str) -> Tensor:
@@ -156,6 +157,12 @@ class MidpointOffsetCoder:
     tie (horizontal edge) the rightmost one is taken, and for "right" the lowest one. Decoding builds the
     centrally symmetric quadrilateral from the four offsets (``da``, ``db`` clamped to [-0.5, 0.5]), stretches
     its half-diagonals to equal length (a rectangle) and converts it to an rbox in ``angle_version``.
+
+    ``official_rounding``: decode with MMRotate's arithmetic (corners in absolute image coordinates, angle wrapped
+    by ``(a + pi/2) % pi - pi/2`` without fixing the rounding at the end of the interval). Near-vertical long sides
+    then come out as ``+pi/2 - eps`` (or ``+pi/2``) where the exact le90 value is ``-pi/2``: the same rectangle,
+    but RoIAlignRotated samples it turned by 180 degrees, as the official detector does. Off (default): corners
+    relative to the centre and a half-open ``[-pi/2, pi/2)`` interval.
     """
 
     def __init__(
@@ -163,13 +170,18 @@ class MidpointOffsetCoder:
         target_means: Sequence[float] = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
         target_stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0, 0.5, 0.5),
         angle_version: str = "le90",
+        official_rounding: bool = False,
     ) -> None:
         self.means = _stats(target_means, 6, "target_means")
         self.stds = _stats(target_stds, 6, "target_stds")
         self.angle_version = _check_version(angle_version)
+        self.official_rounding = bool(official_rounding)
 
     def __repr__(self) -> str:
-        return f"MidpointOffsetCoder(means={self.means}, stds={self.stds}, angle_version={self.angle_version!r})"
+        return (
+            f"MidpointOffsetCoder(means={self.means}, stds={self.stds}, angle_version={self.angle_version!r}, "
+            f"official_rounding={self.official_rounding})"
+        )
 
     def encode(self, hboxes: Tensor, gt_rboxes: Tensor) -> Tensor:
         """(N, 4) anchors and (N, 5) target rboxes -> (N, 6) normalised deltas."""
@@ -216,6 +228,8 @@ class MidpointOffsetCoder:
         gh = ph * dh.clamp(-max_ratio, max_ratio).exp()
         gx, gy = px + pw * dx, py + ph * dy
         da, db = da.clamp(-0.5, 0.5), db.clamp(-0.5, 0.5)
+        if self.official_rounding:
+            return _official_quad_to_rbox(gx, gy, gw, gh, da, db, self.angle_version).view(n, 5 * k)
         # vertices relative to the centre: top, right, bottom, left (clockwise on screen)
         top = torch.stack([da * gw, -gh / 2], dim=-1)
         right = torch.stack([gw / 2, db * gh], dim=-1)
@@ -224,6 +238,37 @@ class MidpointOffsetCoder:
         rel = rel * (dist.amax(-2, keepdim=True) / dist.clamp_min(torch.finfo(dist.dtype).tiny))
         rb = _rectangle_to_rbox(rel, gx, gy, self.angle_version)
         return rb.view(n, 5 * k)
+
+
+def _official_quad_to_rbox(
+    gx: Tensor, gy: Tensor, gw: Tensor, gh: Tensor, da: Tensor, db: Tensor, version: str
+) -> Tensor:
+    """MMRotate's order of operations for the midpoint-offset quadrilateral -> rectangle -> rbox: vertices in
+    absolute coordinates, half-diagonals scaled to the longest, ``poly2obb`` on the absolute corners."""
+    ctr = torch.stack([gx, gy], dim=-1).unsqueeze(-2)
+    quad = torch.stack(
+        [
+            torch.stack([gx + da * gw, gy - gh * 0.5], dim=-1),  # top
+            torch.stack([gx + gw * 0.5, gy + db * gh], dim=-1),  # right
+            torch.stack([gx - da * gw, gy + gh * 0.5], dim=-1),  # bottom
+            torch.stack([gx - gw * 0.5, gy - db * gh], dim=-1),  # left
+        ],
+        dim=-2,
+    )
+    rel = quad - ctr
+    dist = torch.sqrt(rel[..., 0] * rel[..., 0] + rel[..., 1] * rel[..., 1]).unsqueeze(-1)
+    rect = rel * (dist.amax(-2, keepdim=True) / dist.clamp_min(torch.finfo(dist.dtype).tiny)) + ctr
+    p1, p2, p3, p4 = rect.unbind(-2)
+    e1 = torch.sqrt((p1[..., 0] - p2[..., 0]) ** 2 + (p1[..., 1] - p2[..., 1]) ** 2)
+    e2 = torch.sqrt((p2[..., 0] - p3[..., 0]) ** 2 + (p2[..., 1] - p3[..., 1]) ** 2)
+    a1 = torch.atan2(p2[..., 1] - p1[..., 1], p2[..., 0] - p1[..., 0])
+    a2 = torch.atan2(p4[..., 1] - p1[..., 1], p4[..., 0] - p1[..., 0])
+    angle = torch.where(e1 > e2, a1, a2)
+    cx, cy = (p1[..., 0] + p3[..., 0]) / 2.0, (p1[..., 1] + p3[..., 1]) / 2.0
+    rb = torch.stack([cx, cy, torch.maximum(e1, e2), torch.minimum(e1, e2), angle], dim=-1)
+    if version == "oc":
+        return regularize_rbox(rb, "oc")
+    return torch.cat([rb[..., :4], _norm_angle(rb[..., 4:], version, half_open=False)], dim=-1)
 
 
 def _rectangle_to_rbox(rel: Tensor, cx: Tensor, cy: Tensor, version: str) -> Tensor:
