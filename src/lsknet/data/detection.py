@@ -10,14 +10,14 @@ A sample is a dict::
     image_id    str
     size        (H, W) of ``image``
 
-Transforms take and return such a dict; geometry is done by torchvision v2 on the image and a
-``tv_tensors.BoundingBoxes`` in ``XYXYXYXY`` format together, then ``rboxes`` are recomputed from the
-polygons, so image and boxes always agree. :func:`to_tv_tensors` gives the same sample as tv_tensors for
-users who want torchvision's own v2 transforms.
+Transforms (:mod:`lsknet.data.detection_transforms`, re-exported here) take and return such a dict, moving image
+and polygons together and recomputing ``rboxes``; :func:`train_transforms` is the official training recipe.
+:func:`to_tv_tensors` gives the same sample as tv_tensors for users who want torchvision's own v2 transforms.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,191 +26,32 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
 
+from lsknet.data.detection_transforms import (
+    Compose,
+    RandomFlip,
+    RandomRotate,
+    RandomRotate90,
+    Resize,
+    Sample,
+    dflip,
+    filter_objects,
+    hflip,
+    refresh,
+    rotate,
+    rotate90,
+    to_tv_tensors,
+    train_transforms,
+    train_transforms_from_config,
+    vflip,
+)
 from lsknet.data.dota import SkipReport, get_classes, pair_images_and_labels, read_labeltxt
 from lsknet.errors import DatasetFormatError
 
-Sample = dict
+log = logging.getLogger(__name__)
 
-
-def _rboxes_from_polys(polys: torch.Tensor) -> torch.Tensor:
-    from lsknet.ops import poly_to_rbox
-
-    if polys.shape[0] == 0:
-        return torch.zeros((0, 5), dtype=torch.float32)
-    return poly_to_rbox(polys.to(torch.float64), version="le90").to(torch.float32)
-
-
-def _clockwise(polys: torch.Tensor) -> torch.Tensor:
-    x, y = polys[..., 0], polys[..., 1]
-    signed = (x * y.roll(-1, -1) - x.roll(-1, -1) * y).sum(-1)
-    out = polys.clone()
-    ccw = signed < 0
-    out[ccw] = polys[ccw][:, [0, 3, 2, 1]]
-    return out
-
-
-def to_tv_tensors(sample: Sample) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
-    """The sample's image and polygons as torchvision tv_tensors (``XYXYXYXY``, no clamping)."""
-    h, w = sample["image"].shape[-2:]
-    boxes = tv_tensors.BoundingBoxes(
-        sample["polys"].reshape(-1, 8), format="XYXYXYXY", canvas_size=(h, w), clamping_mode=None
-    )
-    return tv_tensors.Image(sample["image"]), boxes
-
-
-def _apply(sample: Sample, fn: Callable) -> Sample:
-    """Run a torchvision functional op on image + polygons; refresh rboxes, size, orientation."""
-    image, boxes = to_tv_tensors(sample)
-    image, boxes = fn(image), fn(boxes)
-    out = dict(sample)
-    out["image"] = image.as_subclass(torch.Tensor)
-    polys = _clockwise(boxes.as_subclass(torch.Tensor).reshape(-1, 4, 2).to(torch.float32))
-    out["polys"] = polys
-    out["size"] = tuple(out["image"].shape[-2:])
-    return _refresh(out)
-
-
-def _refresh(sample: Sample) -> Sample:
-    sample["rboxes"] = _rboxes_from_polys(sample["polys"])
-    return sample
-
-
-def _select(sample: Sample, keep: torch.Tensor) -> Sample:
-    out = dict(sample)
-    for key in ("polys", "rboxes", "labels", "difficult"):
-        out[key] = sample[key][keep]
-    return out
-
-
-class Compose:
-    """Apply transforms in order."""
-
-    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, sample: Sample) -> Sample:
-        for t in self.transforms:
-            sample = t(sample)
-        return sample
-
-
-class RandomFlip:
-    """Flip horizontally, vertically or diagonally (both axes, as MMRotate's ``diagonal``) with the given
-    probabilities (official LSKNet recipe: 0.25 each); at most one flip per call."""
-
-    def __init__(self, horizontal: float = 0.25, vertical: float = 0.25, diagonal: float = 0.25) -> None:
-        if min(horizontal, vertical, diagonal) < 0 or horizontal + vertical + diagonal > 1 + 1e-9:
-            raise ValueError("flip probabilities must be >= 0 and sum to <= 1")
-        self.probs = (horizontal, vertical, diagonal)
-
-    def __call__(self, sample: Sample) -> Sample:
-        r = random.random()
-        h, v, d = self.probs
-        if r < h:
-            return hflip(sample)
-        if r < h + v:
-            return vflip(sample)
-        if r < h + v + d:
-            return vflip(hflip(sample))
-        return sample
-
-
-def hflip(sample: Sample) -> Sample:
-    """Mirror left-right."""
-    return _apply(sample, TF.horizontal_flip)
-
-
-def vflip(sample: Sample) -> Sample:
-    """Mirror top-bottom."""
-    return _apply(sample, TF.vertical_flip)
-
-
-def rotate90(sample: Sample, k: int = 1) -> Sample:
-    """Rotate by ``k * 90`` degrees counter-clockwise on screen (the canvas turns with the image)."""
-    k = k % 4
-    if k == 0:
-        return sample
-    return _apply(sample, lambda x: TF.rotate(x, 90.0 * k, expand=True))
-
-
-class RandomRotate90:
-    """With probability ``p`` rotate by a random multiple of 90 degrees (90, 180 or 270)."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(self, sample: Sample) -> Sample:
-        if random.random() >= self.p:
-            return sample
-        return rotate90(sample, random.randint(1, 3))
-
-
-def rotate(sample: Sample, angle: float, fill: float = 0.0, min_visible: float = 0.0) -> Sample:
-    """Rotate by ``angle`` degrees counter-clockwise on screen about the image centre, keeping the canvas.
-
-    Objects whose centre leaves the image are dropped (as MMRotate's ``RRandomRotate``); with
-    ``min_visible`` > 0 also objects that keep less than that fraction of their area inside the canvas.
-    """
-    out = _apply(sample, lambda x: TF.rotate(x, float(angle), expand=False, fill=fill))
-    if out["polys"].shape[0] == 0:
-        return out
-    h, w = out["size"]
-    c = out["polys"].mean(1)
-    keep = (c[:, 0] >= 0) & (c[:, 0] < w) & (c[:, 1] >= 0) & (c[:, 1] < h)
-    if min_visible > 0:
-        from lsknet.ops import poly_iof
-
-        canvas = torch.tensor([[[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]]], dtype=torch.float64)
-        vis = poly_iof(out["polys"].to(torch.float64), canvas).reshape(-1)
-        keep &= vis >= min_visible
-    return _select(out, keep)
-
-
-class RandomRotate:
-    """With probability ``p`` rotate by an angle uniform in ``[-angle_range, angle_range]`` degrees; when the
-    image holds an object of ``rect_classes`` (indices; the official recipe: storage-tank, roundabout) the angle
-    is a random multiple of 90 degrees instead, so their axis-aligned boxes stay tight."""
-
-    def __init__(self, p: float = 0.5, angle_range: float = 180.0, rect_classes: Sequence[int] = ()) -> None:
-        self.p, self.angle_range = p, angle_range
-        self.rect_classes = torch.as_tensor(list(rect_classes), dtype=torch.int64)
-
-    def __call__(self, sample: Sample) -> Sample:
-        if random.random() >= self.p:
-            return sample
-        if len(self.rect_classes) and torch.isin(sample["labels"], self.rect_classes).any():
-            return rotate90(sample, random.randint(1, 3)) if sample["size"][0] == sample["size"][1] else sample
-        return rotate(sample, random.uniform(-self.angle_range, self.angle_range))
-
-
-class Resize:
-    """Resize to ``size`` = (H, W), or scale the longer side to ``max(size)`` and the shorter side to at most
-    ``min(size)`` when ``keep_ratio`` (MMRotate's default for DOTA)."""
-
-    def __init__(self, size: int | Sequence[int], keep_ratio: bool = False) -> None:
-        self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        self.keep_ratio = keep_ratio
-
-    def __call__(self, sample: Sample) -> Sample:
-        h, w = sample["size"]
-        if self.keep_ratio:
-            long_side, short_side = max(self.size), min(self.size)
-            scale = min(long_side / max(h, w), short_side / min(h, w))
-            target = [int(round(h * scale)), int(round(w * scale))]
-        else:
-            target = list(self.size)
-        if target == [h, w]:
-            return sample
-        # corners are scaled exactly (torchvision would re-fit rectangles under anisotropic scaling)
-        out = dict(sample)
-        out["image"] = TF.resize(sample["image"], target, antialias=True)
-        scale = torch.tensor([target[1] / w, target[0] / h], dtype=torch.float32)
-        out["polys"] = sample["polys"] * scale
-        out["size"] = tuple(target)
-        return _refresh(out)
+#: How many other images a training dataset draws when its transforms reject a sample (all objects filtered).
+MAX_REDRAWS = 100
 
 
 def collate_detection(batch: Sequence[Sample]) -> dict:
@@ -247,6 +88,12 @@ class DOTADetectionDataset(Dataset):
         filter_empty: drop images without (non-difficult or difficult) objects, as MMRotate does for training.
         labels_required: False for unlabeled test folders (samples then have no objects).
         strict: raise on the first bad label line / image instead of skipping it with a warning.
+        min_size: objects whose le90 rbox (minimum-area rectangle) has a side below this many pixels are dropped at
+            load, each counted in ``report`` (MMRotate's ``poly2obb_np`` returns nothing for w or h < 2 and its
+            training set skips those objects); applied before ``filter_empty``. 0 keeps every object.
+
+    When ``transforms`` return ``None`` (e.g. the rotation step filtered every object away) another image is drawn
+    at random, as MMRotate's training dataset does; ``redraws`` counts them (per process).
     """
 
     # Optional (H, W, 3) uint8 -> same-shape uint8 function applied right after decoding (lsknet.analysis.robustness).
@@ -261,6 +108,7 @@ class DOTADetectionDataset(Dataset):
         filter_empty: bool = False,
         labels_required: bool = True,
         strict: bool = False,
+        min_size: float = 0.0,
     ) -> None:
         self.root = Path(root)
         self.classes = get_classes(classes)
@@ -279,10 +127,26 @@ class DOTADetectionDataset(Dataset):
             image_id: read_labeltxt(label, self.classes, self.report) if label is not None else None
             for image_id, _, label in items
         }
+        if min_size > 0:
+            self._drop_small(float(min_size))
+        self.redraws = 0
         if filter_empty:
             self.items = [it for it in self.items if self.annotations[it[0]] and len(self.annotations[it[0]])]
         if not self.items:
             raise DatasetFormatError(f"{self.root}: no usable images")
+
+    def _drop_small(self, min_size: float) -> None:
+        from lsknet.ops import poly_to_rbox
+
+        for image_id, ann in self.annotations.items():
+            if not ann:
+                continue
+            rboxes = poly_to_rbox(torch.from_numpy(ann.polys), version="le90")
+            small = ((rboxes[:, 2] < min_size) | (rboxes[:, 3] < min_size)).numpy()
+            for k in np.nonzero(small)[0]:
+                self.report.skip(f"{image_id}: object {k + 1}", f"object smaller than {min_size:g} px")
+            if small.any():
+                self.annotations[image_id] = ann.select(~small)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -292,6 +156,21 @@ class DOTADetectionDataset(Dataset):
         return [it[0] for it in self.items]
 
     def __getitem__(self, index: int) -> Sample:
+        for _ in range(MAX_REDRAWS + 1):
+            sample = self._load(index)
+            if self.transforms is not None:
+                sample = self.transforms(sample)
+            if sample is not None:
+                return sample
+            self.redraws += 1
+            log.debug("%s: no objects left after the transforms; drawing another image", self.items[index][0])
+            index = random.randrange(len(self.items))
+        raise DatasetFormatError(
+            f"{self.root}: the transforms rejected {MAX_REDRAWS + 1} samples in a row (no objects left after the "
+            "size filter); check data.augment.min_size and the object sizes"
+        )
+
+    def _load(self, index: int) -> Sample:
         image_id, image_path, _ = self.items[index]
         image = read_image(image_path, self.image_hook)
         ann = self.annotations[image_id]
@@ -313,28 +192,11 @@ class DOTADetectionDataset(Dataset):
             "image_id": image_id,
             "size": tuple(image.shape[-2:]),
         }
-        sample = _refresh(sample)
-        if self.transforms is not None:
-            sample = self.transforms(sample)
-        return sample
-
-
-def train_transforms(
-    classes: Sequence[str], size: int | None = None, rotate_p: float = 0.0, angle_range: float = 180.0
-) -> Compose:
-    """The official LSKNet DOTA augmentation: optional resize, flips (h/v/diagonal 0.25 each) and, with
-    ``rotate_p`` > 0, free rotation (storage-tank and roundabout only by multiples of 90 degrees)."""
-    steps: list[Callable[[Sample], Sample]] = []
-    if size is not None:
-        steps.append(Resize(size))
-    steps.append(RandomFlip())
-    if rotate_p > 0:
-        rect = [i for i, c in enumerate(classes) if c in ("storage-tank", "roundabout")]
-        steps.append(RandomRotate(rotate_p, angle_range, rect))
-    return Compose(steps)
+        return refresh(sample)
 
 
 __all__ = [
+    "MAX_REDRAWS",
     "Compose",
     "DOTADetectionDataset",
     "RandomFlip",
@@ -342,11 +204,14 @@ __all__ = [
     "RandomRotate90",
     "Resize",
     "collate_detection",
+    "dflip",
+    "filter_objects",
     "hflip",
     "read_image",
     "rotate",
     "rotate90",
     "to_tv_tensors",
     "train_transforms",
+    "train_transforms_from_config",
     "vflip",
 ]

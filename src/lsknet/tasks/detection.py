@@ -11,8 +11,10 @@ Config sections (defaults in ``configs/detect.yaml``; the official recipe in ``c
   to source images before evaluation), ``classes`` (``dota1.0`` or names), ``image_size`` (training resize;
   null = native), ``tile_size`` (prediction windows; default ``image_size``), ``batch_size``, ``eval_batch_size``,
   ``num_workers``, ``filter_empty`` (training images without objects are skipped, as MMRotate; false keeps them
-  as negatives), ``min_object_size`` (objects whose rbox side is below this many pixels are dropped from training
-  targets and counted), ``augment`` (``flip``: bool, ``rotate_p``, ``angle_range``), ``strict``.
+  as negatives), ``min_object_size`` (training objects whose rbox side is below this many pixels are dropped at
+  load and counted, as MMRotate's loader; also checked again on the training targets), ``keep_ratio``,
+  ``augment`` (``flip``, ``rotate_p``, ``angle_range``, ``rect_classes``, ``min_size``: see
+  :func:`lsknet.data.detection_transforms.train_transforms`), ``strict``.
 - ``detect``: ``nan_patience`` (consecutive non-finite losses tolerated; each such step is skipped with a warning;
   then training stops with a saved checkpoint), ``eval_iou`` (0.5), ``eval_metric`` (``voc07``), ``merge_iou`` (0.1).
 - ``optim`` (:mod:`lsknet.tasks.optim`), ``trainer`` (``monitor: val/mAP``), ``ema``.
@@ -36,14 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lsknet.data.detection import (
-    Compose,
-    DOTADetectionDataset,
-    RandomFlip,
-    RandomRotate,
-    Resize,
-    collate_detection,
-)
+from lsknet.data.detection import DOTADetectionDataset, collate_detection, train_transforms_from_config
 from lsknet.data.dota import DOTAAnnotation, Task1Detections, get_classes, read_labeltxt_dir
 from lsknet.data.merge import merge_detections
 from lsknet.errors import ConfigError, DatasetFormatError, LSKNetError
@@ -73,23 +68,6 @@ class DetectionDataModule(L.LightningDataModule):
         self.classes = tuple(self.cfg["classes"])
         self.datasets: dict[str, DOTADetectionDataset] = {}
 
-    def _train_transforms(self) -> Compose:
-        """Resize (``image_size``, ``keep_ratio``), flips (0.25 each), rotation (``rotate_p``; storage-tank and
-        roundabout by multiples of 90 degrees only)."""
-        aug = dict(self.cfg.get("augment") or {})
-        size = self.cfg.get("image_size")
-        steps: list[Any] = []
-        if size:
-            size = int(size) if isinstance(size, (int, float)) else [int(v) for v in size]
-            steps.append(Resize(size, keep_ratio=bool(self.cfg.get("keep_ratio", False))))
-        if aug.get("flip", True):
-            steps.append(RandomFlip())
-        rotate_p = float(aug.get("rotate_p", 0.0))
-        if rotate_p > 0:
-            rect = [i for i, c in enumerate(self.classes) if c in ("storage-tank", "roundabout")]
-            steps.append(RandomRotate(rotate_p, float(aug.get("angle_range", 180.0)), rect))
-        return Compose(steps)
-
     def setup(self, stage: str | None = None) -> None:
         strict = bool(self.cfg.get("strict", False))
         roots = {
@@ -103,10 +81,12 @@ class DetectionDataModule(L.LightningDataModule):
             self.datasets["train"] = DOTADetectionDataset(
                 roots["train"],
                 self.classes,
-                self._train_transforms(),
+                train_transforms_from_config(self.cfg, self.classes),
                 filter_empty=bool(self.cfg.get("filter_empty", True)),
                 strict=strict,
+                min_size=float(self.cfg.get("min_object_size", 2.0)),
             )
+            self.datasets["train"].report.log_summary(log)
         for split in ("val", "test"):
             if split not in self.datasets and roots[split] and (stage in (None, "fit", "validate") or split == stage):
                 self.datasets[split] = DOTADetectionDataset(roots[split], self.classes, None, strict=strict)
