@@ -80,16 +80,20 @@ def _bn_counts(model: nn.Module) -> tuple[int, int]:
     return plain, sync
 
 
-def test_syncbn_when_ddp(tmp_path):
+def test_syncbn_when_ddp(tmp_path, monkeypatch):
     cfg = load_config("dota_lsknet_t_orcnn")
     module, _ = detection.build(cfg)
     plain, _ = _bn_counts(module.model)
     assert plain > 0  # the LSKNet backbone normalises with BatchNorm
     cfg["trainer"].update(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False, tensorboard=False)
-    trainer = runner.build_trainer(cfg, tmp_path, training=False)
-    layer_sync = trainer.strategy._layer_sync  # what the DDP strategy applies to the module at setup
+    # on CPU (gloo) SyncBatchNorm cannot run: the setting is dropped
+    assert runner.build_trainer(cfg, tmp_path, training=False).strategy._layer_sync is None
+    assert runner.sync_batchnorm_possible({"accelerator": "gpu"}) and not runner.sync_batchnorm_possible({"accelerator": "cpu"})
+    # with GPUs (simulated: the Trainer is only built, not run) the DDP strategy gets the SyncBN layer sync ...
+    monkeypatch.setattr(runner, "sync_batchnorm_possible", lambda kwargs: True)
+    layer_sync = runner.build_trainer(cfg, tmp_path, training=False).strategy._layer_sync
     assert layer_sync is not None
-    converted = layer_sync.apply(module)
+    converted = layer_sync.apply(module)  # ... which DDPStrategy.setup applies to the module
     assert _bn_counts(converted.model) == (0, plain)
     cfg["trainer"].update(devices=1, strategy="auto")  # one device: nothing to synchronise
     assert getattr(runner.build_trainer(cfg, tmp_path, training=False).strategy, "_layer_sync", None) is None

@@ -172,6 +172,12 @@ def trainer_kwargs(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def sync_batchnorm_possible(kwargs: dict[str, Any]) -> bool:
+    """SyncBatchNorm needs CUDA modules: True when the Trainer ``kwargs`` select a GPU (``auto`` with CUDA present)."""
+    accelerator = str(kwargs.get("accelerator") or "auto").lower()
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def build_trainer(
     cfg: dict[str, Any], run_dir: Path, training: bool = True, extra_callbacks: list[Callback] | None = None
 ) -> L.Trainer:
@@ -183,6 +189,9 @@ def build_trainer(
     _single_log_lines()
     trainer_cfg = dict(cfg.get("trainer") or {})
     kwargs = trainer_kwargs(trainer_cfg)
+    if kwargs.get("sync_batchnorm") and not sync_batchnorm_possible(kwargs):
+        log.info("trainer.sync_batchnorm ignored: SyncBatchNorm needs GPUs (BatchNorm stays per process on CPU)")
+        kwargs["sync_batchnorm"] = False
     callbacks: list[Callback] = list(extra_callbacks or [])
     if kwargs.get("enable_progress_bar", True):
         callbacks.append(_ProgressBar(refresh_rate=int(trainer_cfg.get("progress_refresh_rate") or 10)))
