@@ -88,7 +88,8 @@ def test_syncbn_when_ddp(tmp_path, monkeypatch):
     cfg["trainer"].update(accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False, tensorboard=False)
     # on CPU (gloo) SyncBatchNorm cannot run: the setting is dropped
     assert runner.build_trainer(cfg, tmp_path, training=False).strategy._layer_sync is None
-    assert runner.sync_batchnorm_possible({"accelerator": "gpu"}) and not runner.sync_batchnorm_possible({"accelerator": "cpu"})
+    assert runner.sync_batchnorm_possible({"accelerator": "gpu"})
+    assert not runner.sync_batchnorm_possible({"accelerator": "cpu"})
     # with GPUs (simulated: the Trainer is only built, not run) the DDP strategy gets the SyncBN layer sync ...
     monkeypatch.setattr(runner, "sync_batchnorm_possible", lambda kwargs: True)
     layer_sync = runner.build_trainer(cfg, tmp_path, training=False).strategy._layer_sync
