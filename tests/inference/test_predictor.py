@@ -75,6 +75,38 @@ def test_tiled_prediction_shifts_and_merges_windows():
     assert det.image_size == (300, 500) and det.extra["num_tiles"] == len(ys) * len(xs)
 
 
+class GridDetector(torch.nn.Module):
+    """Stand-in detector: a 2 x 2 box every 4 px of each window (no two overlap), class 0, distinct scores."""
+
+    num_classes = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        out = []
+        for img in images:
+            h, w = img.shape[1:]
+            yy, xx = torch.meshgrid(torch.arange(2, h, 4.0), torch.arange(2, w, 4.0), indexing="ij")
+            n = yy.numel()
+            boxes = torch.stack([xx.flatten(), yy.flatten(), torch.full((n,), 2.0), torch.full((n,), 2.0),
+                                 torch.zeros(n)], 1)  # fmt: skip
+            out.append({"rboxes": boxes, "scores": torch.linspace(0.9, 0.1, n), "labels": torch.zeros(n).long()})
+        return out
+
+
+def test_merging_windows_keeps_every_detection_unless_capped():
+    # 3 disjoint 128-px windows of 32 x 32 = 1024 boxes each: the official merge (per-class NMS, no maximum)
+    # keeps all 3072; the per-window cap is the model's business
+    image = torch.zeros(3, 128, 384)
+    det = Predictor(GridDetector(), ["a"], tile_size=128, overlap=0).predict_image(image)
+    assert det.extra["num_tiles"] == 3 and len(det) == 3 * 1024
+    assert sorted(det.rboxes[:, 0].unique().tolist()) == [2.0 + 4 * i for i in range(96)]
+    capped = Predictor(GridDetector(), ["a"], tile_size=128, overlap=0, max_per_img=100).predict_image(image)
+    assert len(capped) == 100 and bool((capped.scores >= det.scores.sort(descending=True).values[99]).all())
+
+
 def test_small_images_run_whole_and_keep_input_order(tmp_path):
     model = BrightSquareDetector()
     predictor = Predictor(model, ["a", "b"], tile_size=256, overlap=64, batch_size=3)

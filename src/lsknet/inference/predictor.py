@@ -183,7 +183,9 @@ class Predictor:
         batch_size: windows per forward pass (windows of several images share batches).
         score_thr: keep detections above this score (the model's own test threshold applies first).
         merge_iou: per-class rotated-NMS IoU when merging windows (0.1).
-        max_per_img: at most this many detections per image after merging.
+        max_per_img: at most this many detections per image after merging windows; ``None`` (default) keeps all,
+            as the official DOTA merge (per-class rotated NMS, no maximum). Each window keeps the model's own cap
+            (``roi.test_cfg.max_per_img``, 2000 officially).
         device: where to run (default: the model's device).
     """
 
@@ -196,7 +198,7 @@ class Predictor:
         batch_size: int = 2,
         score_thr: float = 0.05,
         merge_iou: float = 0.1,
-        max_per_img: int = 2000,
+        max_per_img: int | None = None,
         device: str | torch.device | None = None,
     ) -> None:
         self.model = model.eval()
@@ -210,7 +212,7 @@ class Predictor:
         self.batch_size = max(1, int(batch_size))
         self.score_thr = float(score_thr)
         self.merge_iou = float(merge_iou)
-        self.max_per_img = int(max_per_img)
+        self.max_per_img = None if max_per_img is None else int(max_per_img)
         if device is not None:
             self.model.to(device)
         self.device = next(self.model.parameters()).device
