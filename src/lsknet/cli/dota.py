@@ -50,6 +50,7 @@ def _split(args: argparse.Namespace) -> int:
         workers=args.workers,
         strict=args.strict,
         progress=not args.no_progress,
+        fmt=args.format,
     )
     print(json.dumps(summary))
     return 0
@@ -63,7 +64,14 @@ def _merge(args: argparse.Namespace) -> int:
         merged = merge_labeltxt_dir(args.src, args.dst, strict=args.strict)
         print(json.dumps({"images": len(merged), "objects": sum(len(a) for a in merged.values())}))
         return 0
-    dets = merge_task1_dir(args.src, args.dst, args.classes, args.iou_thr, zip_path=args.zip, strict=args.strict)
+    image_ids = None
+    if args.images:
+        from lsknet.data.dota import list_images
+
+        image_ids = list(list_images(args.images))
+    classes = args.classes or ("fair1m" if args.format == "fair1m" else "dota1.0")
+    dets = merge_task1_dir(args.src, args.dst, classes, args.iou_thr, zip_path=args.zip, strict=args.strict,
+                           fmt=args.format, image_ids=image_ids)  # fmt: skip
     print(json.dumps({"detections": {c: len(d) for c, d in dets.items()}, "zip": args.zip}))
     return 0
 
@@ -128,7 +136,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = dota.add_subparsers(dest="dota_command", metavar="ACTION", required=True)
 
     sp = sub.add_parser("split", help="split DIR/images (+ DIR/labelTxt) into overlapping patches")
-    sp.add_argument("--src", required=True, help="folder with images/ and optionally labelTxt/")
+    sp.add_argument("--src", required=True, help="folder with images/ and optionally labelTxt/ (labelXml/: fair1m)")
+    sp.add_argument("--format", choices=["dota", "fair1m"], default="dota", help="source annotations (dota)")
     sp.add_argument("--dst", required=True, help="output folder (images/, labelTxt/)")
     sp.add_argument("--sizes", type=_ints, default=[1024], help="window sizes, e.g. '1024' (default 1024)")
     sp.add_argument("--gaps", type=_ints, default=[200], help="overlaps per size (default 200)")
@@ -150,8 +159,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mp.add_argument("--src", required=True, help="folder of Task1_<class>.txt with patch names as image ids")
     mp.add_argument("--dst", required=True, help="output folder")
     mp.add_argument("--iou-thr", type=float, default=0.1, help="rotated NMS IoU per class (0.1)")
-    mp.add_argument("--classes", default="dota1.0", help="dota1.0|dota1.5|dota2.0, comma list or file")
-    mp.add_argument("--zip", help="also write this zip of the Task1 files (evaluation server)")
+    mp.add_argument("--classes", help="dota1.0|dota1.5|dota2.0|fair1m, comma list or file (default per --format)")
+    mp.add_argument("--zip", help="also write this zip of the result files (evaluation server)")
+    mp.add_argument("--format", choices=["dota", "fair1m"], default="dota",
+                    help="dota: Task1_<class>.txt; fair1m: the FAIR1M submission, one <image>.xml per image")
+    mp.add_argument("--images", help="fair1m: folder of the test images (each gets an XML, detections or not)")
     mp.add_argument("--labels", action="store_true", help="--src is a patch labelTxt folder; write source labelTxt")
     mp.add_argument("--strict", action="store_true")
     mp.set_defaults(func=_merge)

@@ -67,8 +67,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def get_classes(spec: str | Sequence[str] | None) -> tuple[str, ...]:
-    """Resolve a class list: ``"dota1.0"|"dota1.5"|"dota2.0"``, a comma-separated list, a text file with one
-    class per line, or a sequence of names. ``None`` gives DOTA-v1.0."""
+    """Resolve a class list: ``"dota1.0"|"dota1.5"|"dota2.0"|"fair1m"``, a comma-separated list, a text file with
+    one class per line, or a sequence of names. ``None`` gives DOTA-v1.0."""
     if spec is None:
         return DOTA_V1_CLASSES
     if not isinstance(spec, str):
@@ -78,6 +78,10 @@ def get_classes(spec: str | Sequence[str] | None) -> tuple[str, ...]:
         key = _CLASS_ALIASES.get(key.replace("v", "").replace("-", ""), key.replace("-v", "").replace("_", ""))
         if key in CLASS_LISTS:
             return CLASS_LISTS[key]
+        if key in ("fair1m", "fair1m1.0", "fair1m10"):
+            from lsknet.data.fair1m import FAIR1M_CLASSES
+
+            return FAIR1M_CLASSES
         if "," not in spec and Path(spec).is_file():
             names = tuple(line.strip() for line in Path(spec).read_text().splitlines() if line.strip())
         else:
@@ -371,9 +375,15 @@ def read_labeltxt_dir(
 
 
 def pair_images_and_labels(
-    root: str | Path, report: SkipReport | None = None, strict: bool = False, labels_required: bool = True
+    root: str | Path,
+    report: SkipReport | None = None,
+    strict: bool = False,
+    labels_required: bool = True,
+    label_dir: str = "labelTxt",
+    label_suffix: str = ".txt",
 ) -> list[tuple[str, Path, Path | None]]:
-    """Match ``root/images/*`` with ``root/labelTxt/*.txt`` -> ``[(image_id, image_path, label_path|None)]``.
+    """Match ``root/images/*`` with ``root/<label_dir>/*<label_suffix>`` (DOTA: ``labelTxt/*.txt``; FAIR1M:
+    ``labelXml/*.xml``) -> ``[(image_id, image_path, label_path|None)]``.
 
     Labels without images are skipped (warned). Images without labels are skipped (warned) when
     ``labels_required``; otherwise they are returned with ``None`` (test sets have no labels).
@@ -383,10 +393,10 @@ def pair_images_and_labels(
     images = list_images(root / "images")
     if not images:
         raise DatasetFormatError(f"{root / 'images'}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
-    label_dir = root / "labelTxt"
-    labels = {p.stem: p for p in sorted(label_dir.glob("*.txt"))} if label_dir.is_dir() else {}
-    if labels_required and not label_dir.is_dir():
-        raise DatasetFormatError(f"{label_dir}: label folder not found")
+    folder = root / label_dir
+    labels = {p.stem: p for p in sorted(folder.glob(f"*{label_suffix}"))} if folder.is_dir() else {}
+    if labels_required and not folder.is_dir():
+        raise DatasetFormatError(f"{folder}: label folder not found")
     for stem in labels.keys() - images.keys():
         report.skip(str(labels[stem]), "label without image")
     pairs = []

@@ -135,8 +135,16 @@ def merge_task1_dir(
     iou_thr: float = 0.1,
     zip_path: str | Path | None = None,
     strict: bool = False,
+    fmt: str = "dota",
+    image_ids: Sequence[str] | None = None,
 ) -> dict[str, Task1Detections]:
-    """``src/Task1_<class>.txt`` with patch names as image ids -> merged ``dst/Task1_<class>.txt`` (+ zip)."""
+    """``src/Task1_<class>.txt`` with patch names as image ids -> merged ``dst/Task1_<class>.txt`` (+ zip).
+
+    ``fmt="fair1m"`` writes the FAIR1M submission instead: ``dst/<image>.xml`` per source image
+    (:func:`lsknet.data.fair1m.write_fair1m_submission`; ``image_ids`` adds files for images without
+    detections), ``zip_path`` zips those files."""
+    if fmt not in ("dota", "fair1m"):
+        raise DatasetFormatError(f"unknown result format {fmt!r}; expected dota or fair1m")
     class_list = get_classes(classes)
     report = SkipReport(strict=strict)
     dets = read_task1_dir(src, class_list, report)
@@ -153,6 +161,14 @@ def merge_task1_dir(
         for k, v in patch_results.items()
     }
     report.log_summary(log)
+    if fmt == "fair1m":
+        from lsknet.data.fair1m import write_fair1m_submission
+
+        merged = merge_detections(arrays, class_list, iou_thr)
+        paths = write_fair1m_submission(dst, merged, image_ids=image_ids)
+        if zip_path is not None:
+            write_zip(zip_path, paths)
+        return merged
     return merge_detections(arrays, class_list, iou_thr, out_dir=dst, zip_path=zip_path)
 
 

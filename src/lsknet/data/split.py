@@ -13,6 +13,8 @@
   source pixels), PNG, padded to the window side with ``pad_value`` when the image is smaller (MMRotate pads
   with its mean colour). :func:`parse_patch_name` reads the name back.
 * Outputs are written atomically; re-running an interrupted split overwrites the same files.
+* Sources (``fmt``): ``dota`` (``images/`` + ``labelTxt/*.txt``) or ``fair1m`` (``images/*.tif`` +
+  ``labelXml/*.xml``, :mod:`lsknet.data.fair1m`); the patches are always DOTA-format (``labelTxt``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +42,21 @@ from lsknet.data.dota import (
 from lsknet.errors import DatasetFormatError
 
 log = logging.getLogger(__name__)
+
+#: Source annotation formats :func:`split_dataset` reads.
+SOURCE_FORMATS = ("dota", "fair1m")
+
+
+def source_format(fmt: str) -> tuple[str, str, Callable[..., DOTAAnnotation]]:
+    """``(label folder, label file suffix, reader(path, classes, report))`` of a source format (``dota``,
+    ``fair1m``)."""
+    if fmt == "dota":
+        return "labelTxt", ".txt", read_labeltxt
+    if fmt == "fair1m":
+        from lsknet.data.fair1m import LABEL_DIR, LABEL_SUFFIX, read_fair1m_xml
+
+        return LABEL_DIR, LABEL_SUFFIX, read_fair1m_xml
+    raise DatasetFormatError(f"unknown annotation format {fmt!r}; expected one of {', '.join(SOURCE_FORMATS)}")
 
 #: Official single-scale setting (1024 windows, 200 overlap).
 SS_PRESET = {"sizes": (1024,), "gaps": (200,), "rates": (1.0,)}
@@ -261,10 +278,13 @@ def split_image(
     return names
 
 
-def _split_one(item: tuple[str, Path, Path | None], options: dict, classes, strict: bool) -> tuple[str, list, dict]:
+def _split_one(
+    item: tuple[str, Path, Path | None], options: dict, classes, strict: bool, fmt: str = "dota"
+) -> tuple[str, list, dict]:
     image_id, image_path, label_path = item
     report = SkipReport(strict=strict)
-    ann = read_labeltxt(label_path, classes, report) if label_path is not None else None
+    reader = source_format(fmt)[2]
+    ann = reader(label_path, classes, report) if label_path is not None else None
     try:
         names = split_image(image_path, ann, image_id=image_id, **options)
     except (OSError, SyntaxError, ValueError) as err:  # PIL raises these for undecodable images
@@ -290,18 +310,27 @@ def split_dataset(
     workers: int = 1,
     strict: bool = False,
     progress: bool = True,
+    fmt: str = "dota",
 ) -> dict:
-    """Split ``src/images`` (+ ``src/labelTxt``) into ``dst/images`` (+ ``dst/labelTxt``).
+    """Split ``src/images`` (+ ``src/labelTxt``, or ``src/labelXml`` with ``fmt="fair1m"``) into ``dst/images``
+    (+ ``dst/labelTxt``).
 
-    ``labels``: None = use labels when ``src/labelTxt`` exists, False = images only (test sets).
+    ``labels``: None = use labels when the source label folder exists, False = images only (test sets).
+    ``classes``: objects of other classes are skipped and counted (None: all; FAIR1M default: its 37 classes).
     ``workers`` > 1 splits images in parallel processes; one source image is in memory per worker.
     Returns a summary: ``images``, ``patches``, ``skipped`` counts by reason.
     """
     src, dst = Path(src), Path(dst)
+    label_dir, label_suffix, _ = source_format(fmt)
+    if fmt == "fair1m" and classes is None:
+        from lsknet.data.fair1m import FAIR1M_CLASSES
+
+        classes = FAIR1M_CLASSES
     if labels is None:
-        labels = (src / "labelTxt").is_dir()
+        labels = (src / label_dir).is_dir()
     report = SkipReport(strict=strict)
-    items = pair_images_and_labels(src, report, labels_required=bool(labels))
+    items = pair_images_and_labels(src, report, labels_required=bool(labels), label_dir=label_dir,
+                                   label_suffix=label_suffix)  # fmt: skip
     if not labels:
         items = [(i, p, None) for i, p, _ in items]
     options = dict(
@@ -318,7 +347,7 @@ def split_dataset(
     (dst / "images").mkdir(parents=True, exist_ok=True)
     if labels:
         (dst / "labelTxt").mkdir(parents=True, exist_ok=True)
-    work = partial(_split_one, options=options, classes=classes, strict=strict)
+    work = partial(_split_one, options=options, classes=classes, strict=strict, fmt=fmt)
     bar = _progress(len(items), "split", progress)
     n_patches = 0
     if workers > 1:
