@@ -183,3 +183,28 @@ def test_dataset_drops_objects_below_2px_at_load_and_redraws_rejected_samples(tm
     random.seed(0)
     sample = ds[0]
     assert sample["image_id"] == "c" and ds.redraws >= 1
+
+
+def _shapely_sides(poly) -> tuple[float, float, float, float]:
+    """Centre and the two sides of shapely's minimum rotated rectangle (an independent min-area rectangle)."""
+    rect = np.asarray(Polygon(np.asarray(poly, np.float64)).minimum_rotated_rectangle.exterior.coords)[:4]
+    a, b = np.linalg.norm(rect[1] - rect[0]), np.linalg.norm(rect[2] - rect[1])
+    c = rect.mean(0)
+    return float(c[0]), float(c[1]), float(a), float(b)
+
+
+@pytest.mark.realdata
+def test_filters_on_real_dota_labels(shared_data):
+    root = shared_data / "dota_devkit_example"
+    raw = DOTADetectionDataset(root)
+    ds = DOTADetectionDataset(root, min_size=2.0)
+    for image_id in ds.image_ids:
+        sides = [_shapely_sides(p) for p in raw.annotations[image_id].polys]
+        expected_kept = sum(min(a, b) >= 2.0 for _, _, a, b in sides)  # MMRotate: w or h < 2 is dropped at load
+        assert len(ds.annotations[image_id]) == expected_kept
+        sample = ds[ds.image_ids.index(image_id)]
+        h, w = sample["size"]
+        kept = filter_objects(sample)
+        expected = sum(0 < cx < w and 0 < cy < h and min(a, b) > 5.0
+                       for cx, cy, a, b in (_shapely_sides(p) for p in sample["polys"].numpy()))  # fmt: skip
+        assert len(kept["labels"]) == expected

@@ -150,3 +150,25 @@ def test_exp_momentum_ema_follows_mmdet_formula(tmp_path):
     module2 = _Scalar()
     _trainer(timm_like, tmp_path).fit(module2, loader)
     assert abs(float(module2.w) - expected) > 1e-3
+
+
+def test_the_data_module_trains_with_train_transforms(tmp_path):
+    """#16 7a: one augmentation recipe. The data module's training pipeline is the one ``train_transforms`` builds
+    for the preset's settings (same steps, same parameters)."""
+    from lsknet.data.detection import train_transforms
+    from lsknet.data.synthetic import generate_dota_scenes
+
+    classes = ["plane", "storage-tank", "roundabout"]
+    generate_dota_scenes(tmp_path / "train", num_images=2, size=64, seed=0, classes=classes, objects_per_image=(1, 2))
+    cfg = load_config("hrsc_lsknet_s_orcnn")
+    cfg["data"].update(train_root=str(tmp_path / "train"), classes=classes)
+    cfg["data"]["augment"]["rect_classes"] = ["roundabout"]
+    _, data = detection.build(cfg)
+    data.setup("fit")
+    used = data.datasets["train"].transforms.transforms
+    expected = train_transforms(classes, size=800, rotate_p=0.5, rect_classes=["roundabout"]).transforms
+    assert [type(t) for t in used] == [type(t) for t in expected]
+    assert (used[0].size, used[0].keep_ratio) == (expected[0].size, expected[0].keep_ratio) == ((800, 800), True)
+    assert used[1].probs == expected[1].probs
+    assert (used[2].p, used[2].angle_range, used[2].min_size) == (0.5, 180.0, 5.0)
+    assert used[2].rect_classes.tolist() == expected[2].rect_classes.tolist() == [2]
