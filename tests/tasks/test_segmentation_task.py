@@ -104,25 +104,49 @@ def test_presets_follow_geoseg_unetformer_configs(dataset, variant):
         assert isinstance(d["train"], list) and len(d["train"]) == 2 and d["train"][1] == d["val"]
 
 
+def _geoseg_cfg(scenes, run_dir):
+    pots = load_config("potsdam_lsknet_t_unetformer")
+    cfg = _cfg(scenes, run_dir, ["trainer.max_steps=-1", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+                                 "trainer.limit_val_batches=1"])  # fmt: skip
+    cfg["optim"] = pots["optim"]
+    cfg["data"].update(augment="geoseg", scales=[0.75, 1.0], crop_size=48, mosaic_ratio=1.0, hflip=False, vflip=False,
+                       rot90=0.5, train=[cfg["data"]["train"], cfg["data"]["val"]])  # fmt: skip
+    return cfg
+
+
+def _lrs(opt):
+    return sorted({round(g["lr"], 12) for g in opt.param_groups})
+
+
 def test_geoseg_recipe_trains_with_lookahead_and_epoch_schedule(scenes, tmp_path):
     from lsknet.tasks import runner
     from lsknet.tasks.lookahead import Lookahead
 
-    pots = load_config("potsdam_lsknet_t_unetformer")
-    cfg = _cfg(scenes, tmp_path / "run", ["trainer.max_steps=-1", "trainer.max_epochs=2",
-                                          "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"])  # fmt: skip
-    cfg["optim"] = pots["optim"]
-    cfg["data"].update(augment="geoseg", scales=[0.75, 1.0], crop_size=48, mosaic_ratio=1.0, hflip=False, vflip=False,
-                       rot90=0.5, train=[cfg["data"]["train"], cfg["data"]["val"]])  # fmt: skip
-    result = runner.train(cfg)
-    module = result.module
-    opt = module.trainer.optimizers[0]
+    result = runner.train(_geoseg_cfg(scenes, tmp_path / "run"))
+    opt = result.module.trainer.optimizers[0]
     assert isinstance(opt, Lookahead)
-    assert len(module.trainer.datamodule.datasets["train"]) == 6  # 4 train + 2 val scenes
+    assert len(result.module.trainer.datamodule.datasets["train"]) == 6  # 4 train + 2 val scenes
     # after 2 epochs of CosineAnnealingWarmRestarts(T_0 15): lr = base (1 + cos(pi 2 / 15)) / 2, backbone 0.1x
     factor = (1 + math.cos(math.pi * 2 / 15)) / 2
-    lrs = sorted({round(g["lr"], 12) for g in opt.param_groups})
-    assert lrs == pytest.approx([6e-5 * factor, 6e-4 * factor], rel=1e-9)
+    assert _lrs(opt) == pytest.approx([6e-5 * factor, 6e-4 * factor], rel=1e-9)
+    assert opt.state and all(g["lookahead_counter"] == 4 for g in opt.param_groups)  # synced at step 1, k = 5
+
+
+@pytest.mark.slow
+def test_geoseg_recipe_resumes_lookahead_and_schedule(scenes, tmp_path):
+    from lsknet.tasks import runner
+    from lsknet.tasks.lookahead import Lookahead
+
+    cfg = _geoseg_cfg(scenes, tmp_path / "run")
+    first = runner.train(cfg)
+    # a third epoch from last.ckpt: Lookahead (inner AdamW state, slow weights, counters) and the scheduler continue
+    cfg["trainer"]["max_epochs"] = 3
+    cfg["run_dir"] = str(tmp_path / "resumed")
+    resumed = runner.train(cfg, resume=first.last_checkpoint).module.trainer.optimizers[0]
+    assert isinstance(resumed, Lookahead) and resumed.optimizer.state and resumed.state
+    assert all(g["lookahead_counter"] == 1 for g in resumed.param_groups)  # 6 steps: synced again at step 6
+    factor3 = (1 + math.cos(math.pi * 3 / 15)) / 2
+    assert _lrs(resumed) == pytest.approx([6e-5 * factor3, 6e-4 * factor3], rel=1e-9)
 
 
 def test_trained_run_writes_metrics_matching_an_independent_confusion(trained, scenes):
