@@ -171,3 +171,23 @@ def test_resume_given_as_override_reuses_the_checkpoint_config(checkpoint, tmp_p
     assert main(["train", f"resume={last}", "trainer.max_epochs=2", f"run_dir={out}"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["epochs"] == 2 and summary["global_step"] == 4  # 12 training images / batch 6 = 2 steps per epoch
+
+
+def test_predict_classification_grid_on_a_geotiff(checkpoint, tmp_path, capsys):
+    rasterio = pytest.importorskip("rasterio")
+    data = np.full((3, 100, 130), 90, np.uint8)
+    data[:, :, :40] = 0  # nodata: the first column of cells is skipped
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=100, width=130, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32633", transform=rasterio.Affine(2, 0, 500000, 0, -2, 4000000)) as dst:  # fmt: skip
+        dst.write(data)
+    out = tmp_path / "grid"
+    code = main(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--tile", "32",
+                 "--format", "geotiff,gpkg", "--topk", "2"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert "skipped_cells: 3" in capsys.readouterr().out  # 3 rows x 4 columns of 32-px cells; column 0 is nodata
+    with rasterio.open(out / "scenes" / "scene" / "classes.tif") as grid:
+        assert (grid.height, grid.width) == (3, 4) and (grid.read(1)[:, 0] == 255).all()
+    code = main(["predict", "--checkpoint", str(checkpoint), str(path), "--out", str(out), "--tile", "32",
+                 "--format", "kml"])  # fmt: skip
+    _one_line_error(capsys, code, "--format")

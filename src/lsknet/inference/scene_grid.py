@@ -95,7 +95,9 @@ def write_grid(
         for r, c, idx, _ in cells:
             grid[r, c] = idx[0]
         half = (tile - stride) / 2.0
-        cell_transform = transform * Affine.translation(half, half) * Affine.scale(stride)
+        a, b, c, d, e, f = tuple(transform)[:6]  # transform * translation(half, half) * scale(stride), by hand
+        cell_transform = Affine(a * stride, b * stride, a * half + b * half + c, d * stride, e * stride,
+                                d * half + e * half + f)  # fmt: skip
         profile = {"height": rows, "width": cols, "crs": src.crs, "transform": cell_transform}
         writer = GeoTiffLabelWriter(tmp / "classes.tif", profile)
         writer.write_rows(0, grid)
