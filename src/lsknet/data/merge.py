@@ -102,7 +102,7 @@ def merge_detections(
         scores_arr, polys_arr, labels_arr = np.concatenate(scores), np.concatenate(polys), np.concatenate(labels)
         _, image_index = np.unique(ids_arr.astype(str), return_inverse=True)
         group = torch.from_numpy(labels_arr + len(classes) * image_index.astype(np.int64))
-        rboxes = poly_to_rbox(torch.from_numpy(polys_arr))
+        rboxes = poly_to_rbox(torch.from_numpy(polys_arr), method="exact")
         keep = nms_rotated(rboxes, torch.from_numpy(scores_arr), iou_thr, labels=group).numpy()
         order = np.lexsort((-scores_arr[keep], ids_arr[keep].astype(str)))
         keep = keep[order]
@@ -194,7 +194,7 @@ def merge_annotations(
         keep_all: list[int] = []
         for c in sorted(set(names)):
             idx = np.array([i for i, n in enumerate(names) if n == c])
-            rb = poly_to_rbox(torch.from_numpy(np.ascontiguousarray(polys[idx])))
+            rb = poly_to_rbox(torch.from_numpy(np.ascontiguousarray(polys[idx])), method="exact")
             whole = diffs[idx] != 2
             kept: list[int] = []  # positions in idx
             iou = rbox_iou(rb, rb).numpy()

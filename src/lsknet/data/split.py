@@ -191,7 +191,7 @@ def clip_to_window(polys: np.ndarray, window: Sequence[float]) -> np.ndarray:
 
     if len(polys) == 0:
         return polys.copy()
-    rboxes = poly_to_rbox(torch.from_numpy(np.ascontiguousarray(polys, dtype=np.float64))).numpy()
+    rboxes = poly_to_rbox(torch.from_numpy(np.ascontiguousarray(polys, dtype=np.float64)), method="exact").numpy()
     out = np.empty_like(polys, dtype=np.float64)
     for i, (poly, rb) in enumerate(zip(polys, rboxes)):
         visible = _clip_polygon(poly, *window)

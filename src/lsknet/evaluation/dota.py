@@ -204,7 +204,9 @@ def _pair_ious(det_polys: np.ndarray, gt_polys: np.ndarray, di: np.ndarray, gi: 
     b = torch.from_numpy(np.ascontiguousarray(gt_polys[gi]))
     if mode == "official":
         return poly_iou(a, b, aligned=True).numpy().astype(np.float64)
-    return rbox_iou(poly_to_rbox(a), poly_to_rbox(b), aligned=True).numpy().astype(np.float64)
+    # ground truth as MMRotate loads it (cv2.minAreaRect choice); detections are rectangles already (their
+    # polygons are rbox corners), so the exact float64 inverse recovers them best
+    return rbox_iou(poly_to_rbox(a, method="exact"), poly_to_rbox(b), aligned=True).numpy().astype(np.float64)
 
 
 def _best_match(num_det: int, di: np.ndarray, gi: np.ndarray, ious: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -154,16 +154,25 @@ def hbox_to_rbox(hboxes: Tensor, version: str = "le90") -> Tensor:
     return regularize_rbox(rb, version)
 
 
-def poly_to_rbox(polys: Tensor, version: str = "le90") -> Tensor:
-    """Minimum-area enclosing rectangles of quadrilaterals, like ``cv2.minAreaRect``, then regularized.
+def poly_to_rbox(polys: Tensor, version: str = "le90", method: str = "opencv") -> Tensor:
+    """Minimum-area enclosing rectangles of quadrilaterals, then regularized.
 
     ``polys``: ``(N, 4, 2)`` or ``(N, 8)`` pixel corners (any order, any orientation, may be degenerate).
-    Returns ``(N, 5)`` rboxes. The rectangle of a point set has one side along a convex-hull edge, so every
-    direction between two of the four points is tried. Coincident points give ``w = h = 0``. Computed in
-    float64 and cast back. Raises ``ValueError`` for bad shapes or non-finite values.
+    Returns ``(N, 5)`` rboxes in the input dtype. Raises ``ValueError`` for bad shapes or non-finite values.
+
+    ``method="opencv"`` (default): the rectangle MMRotate gets from ``cv2.minAreaRect`` on float32 corners
+    (``poly2obb_np``), the same choice among (nearly) equal-area rectangles, in pure torch
+    (:mod:`lsknet.ops.min_area_rect`); for ``le90`` also MMRotate's regularization steps (swap when ``w < h``, then
+    wrap into ``[-pi/2, pi/2)``). Use it for labels (training targets, evaluation ground truth).
+    ``method="exact"``: float64, every direction between two corners tried, the first smallest area kept: the
+    best inverse of :func:`rbox_to_corners` (e.g. for detections written as polygons).
     """
     _check_version(version)
     pts = check_polys(polys)
+    if method == "opencv":
+        return _poly_to_rbox_opencv(pts, version)
+    if method != "exact":
+        raise ValueError(f"method must be 'opencv' or 'exact', got {method!r}")
     dtype = pts.dtype
     p = pts.to(torch.float64)
     n = p.shape[0]
@@ -196,6 +205,24 @@ def poly_to_rbox(polys: Tensor, version: str = "le90") -> Tensor:
     theta = torch.atan2(bu[:, 1], bu[:, 0])
     rb = torch.stack([ctr[:, 0], ctr[:, 1], umax_b - umin_b, vmax_b - vmin_b, theta], dim=-1)
     return regularize_rbox(rb, version).to(dtype)
+
+
+def _poly_to_rbox_opencv(pts: Tensor, version: str) -> Tensor:
+    from lsknet.ops.min_area_rect import min_area_rect_opencv
+
+    if pts.shape[0] == 0:
+        return pts.new_zeros((0, 5))
+    rect = min_area_rect_opencv(pts)  # (cx, cy, w, h, degrees), float64 holding float32 values
+    cx, cy, w, h, deg = rect.unbind(1)
+    t = deg / 180 * math.pi
+    if version != "le90":
+        return regularize_rbox(torch.stack([cx, cy, w, h, t], 1), version).to(pts.dtype)
+    # MMRotate poly2obb_np_le90: swap when w < h (angle + pi/2), then step by pi into [-pi/2, pi/2)
+    swap = w < h
+    w, h, t = torch.where(swap, h, w), torch.where(swap, w, h), torch.where(swap, t + _HALF_PI, t)
+    for _ in range(4):  # |deg| <= 180, so a few steps always suffice
+        t = torch.where(t >= _HALF_PI, t - math.pi, torch.where(t < -_HALF_PI, t + math.pi, t))
+    return torch.stack([cx, cy, w, h, t], 1).to(pts.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- torchvision
