@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "lsknet.cli.seg",  # seg score
     "lsknet.cli.analyze",  # analyze erf/selection
     "lsknet.cli.robustness",  # robustness
+    "lsknet.cli.compare",  # compare
 )
 
 
