@@ -143,3 +143,13 @@ def test_optimize_for_inference_falls_back_to_eager_for_variants(caplog):
     assert "no fused kernels" in caplog.text
     with torch.no_grad():
         assert torch.equal(fast(x), model(x))
+
+
+def test_lsk_options_for_another_backbone_are_a_config_error():
+    from lsknet.models.oriented_rcnn import detector_from_config
+    from lsknet.tasks.classification import build_classifier
+
+    with pytest.raises(ConfigError, match="lsknet_t / lsknet_s"):
+        build_classifier({"name": "resnet18", "lsk_selection": "none"}, 3)
+    with pytest.raises(ConfigError, match="lsknet_t / lsknet_s"):
+        detector_from_config({"name": "resnet18", "lsk_kernels": [[3, 1]]}, 3)

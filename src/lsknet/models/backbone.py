@@ -97,10 +97,14 @@ def lsk_options(
 LSK_CONFIG_KEYS = ("lsk_kernels", "lsk_selection", "lsk_pool")
 
 
-def lsk_kwargs(model_cfg: Any) -> dict[str, Any]:
-    """The ``lsk_*`` entries of a run config's ``model`` section that are set (not null), as model kwargs."""
+def lsk_kwargs(model_cfg: Any, name: str | None = None) -> dict[str, Any]:
+    """The ``lsk_*`` entries of a run config's ``model`` section that are set (not null), as model kwargs.
+    With ``name`` (the backbone), setting them for a non-LSKNet backbone raises :class:`ConfigError`."""
     cfg = model_cfg or {}
-    return {k: cfg[k] for k in LSK_CONFIG_KEYS if cfg.get(k) is not None}
+    out = {k: cfg[k] for k in LSK_CONFIG_KEYS if cfg.get(k) is not None}
+    if out and name is not None and str(name) not in LSKNET_ARCHS and str(name).lower() not in ("t", "s"):
+        raise ConfigError(f"model.{', model.'.join(out)}: LSK block options apply to lsknet_t / lsknet_s, not {name!r}")
+    return out
 
 
 def _dw_name(i: int) -> str:

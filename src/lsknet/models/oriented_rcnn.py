@@ -299,6 +299,9 @@ def detector_from_config(model_cfg: Mapping[str, Any], num_classes: int, load_ch
     if unknown:
         raise ConfigError(f"unknown model key(s) {unknown}; known: {', '.join(MODEL_CONFIG_KEYS)}")
     name = cfg.pop("name", "lsknet_t")
+    from lsknet.models.backbone import lsk_kwargs
+
+    lsk_kwargs(cfg, str(name).removesuffix("_orcnn"))  # LSK block options only for LSKNet backbones
     checkpoint = cfg.pop("checkpoint", None)
     backbone_checkpoint = cfg.pop("backbone_checkpoint", None)
     kwargs = {k: v for k, v in cfg.items() if v is not None}

@@ -62,11 +62,13 @@ def build_classifier(model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
         "drop_path_rate": float(model_cfg.get("drop_path_rate", 0.0)),
     }
     checkpoint = model_cfg.get("checkpoint")
+    from lsknet.models.backbone import lsk_kwargs
+
+    lsk = lsk_kwargs(model_cfg, name)
     if name in LSKNET_NAMES:
-        from lsknet.models.backbone import lsk_kwargs
         from lsknet.models.factory import create_model
 
-        return create_model(name, checkpoint=checkpoint, **kwargs, **lsk_kwargs(model_cfg))
+        return create_model(name, checkpoint=checkpoint, **kwargs, **lsk)
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as err:  # timm: "Unknown model (...)"

@@ -208,7 +208,7 @@ class SegmentationTask(TaskModule):
             window_size=int(m.get("window_size", 8)),
             dropout=float(m.get("dropout", 0.1)),
             drop_path_rate=float(m.get("drop_path_rate", 0.0)),
-            backbone_kwargs={**(m.get("backbone_kwargs") or {}), **lsk_kwargs(m)},
+            backbone_kwargs={**(m.get("backbone_kwargs") or {}), **lsk_kwargs(m, str(m.get("variant", "lsknet_t")))},
         )
         lcfg = dict(config.get("loss") or {})
         self.criterion = SegmentationLoss(
