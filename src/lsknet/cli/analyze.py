@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def cmd_erf(args: argparse.Namespace) -> int:
         }
     out.mkdir(parents=True, exist_ok=True)
     for s in range(4):
-        fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3.0), squeeze=False)
         for ax, name in zip(axes[0], names):
             if s >= len(maps[name]):
                 ax.axis("off")
@@ -99,16 +100,20 @@ def cmd_erf(args: argparse.Namespace) -> int:
             m = np.log10(1.0 + maps[name][s])
             ax.imshow(m / (m.max() or 1.0), cmap="RdYlGn", vmin=0, vmax=1)
             r = result["models"][name]["stages"][s]["area_ratio"]["0.3"]
-            ax.set_title(f"{name}\nstage {s + 1}, area(t=0.3)={r:.3f}", fontsize=8)
+            ax.set_title(f"{name}, stage {s + 1}\narea ratio (t=0.3) {r:.3f}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.tight_layout()
+        fig.tight_layout(pad=1.5)
         save_figure(fig, out / f"erf_stage{s + 1}.png")
     write_json(result, out / "erf.json")
+    tmp = out / ".erf_maps.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **{f"{n}_stage{s + 1}": m for n, ms in maps.items() for s, m in enumerate(ms)})
+    os.replace(tmp, out / "erf_maps.npz")
     for name in names:
         ratios = ", ".join(f"s{st['stage']} {st['area_ratio']['0.3']:.3f}" for st in result["models"][name]["stages"])
         print(f"{name}: area ratio at t=0.3: {ratios}")
-    print(f"wrote {out / 'erf.json'} and erf_stage1..4.png")
+    print(f"wrote {out / 'erf.json'}, erf_maps.npz (raw maps) and erf_stage1..4.png")
     return 0
 
 
