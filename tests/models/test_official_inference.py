@@ -116,7 +116,7 @@ def ref_rpn(logits, deltas, anchors, nms_pre=2000, iou=0.8, max_per_img=2000, mi
     return torch.cat([props, s[:, None]], 1)[keep][:max_per_img]
 
 
-def ref_delta_decode(rois, deltas, max_shape, stds=(0.1, 0.1, 0.2, 0.2, 0.1), clip=16 / 1000):
+def ref_delta_decode(rois, deltas, max_shape, stds=(0.1, 0.1, 0.2, 0.2, 0.1), clip=16 / 1000, scale=(1.0, 1.0)):
     d = deltas * deltas.new_tensor(stds)
     dx, dy, dw, dh, da = d.unbind(1)
     px, py, pw, ph, pa = rois.unbind(1)
@@ -129,7 +129,9 @@ def ref_delta_decode(rois, deltas, max_shape, stds=(0.1, 0.1, 0.2, 0.2, 0.1), cl
     gy = gy.clamp(min=0, max=max_shape[0] - 1)
     w, h = torch.where(gw > gh, gw, gh), torch.where(gw > gh, gh, gw)
     t = ref_norm_angle(torch.where(gw > gh, ga, ga + PI / 2))
-    return torch.stack([gx, gy, w, h, t], 1)
+    # rescale=True: bboxes[..., :4] / (w_scale, h_scale, w_scale, h_scale), before the NMS
+    sw, sh = scale
+    return torch.stack([gx / sw, gy / sh, w / sw, h / sh, t], 1)
 
 
 def ref_multiclass_nms(boxes, probs, score_thr=0.05, iou=0.1, max_num=2000):
@@ -148,11 +150,23 @@ def ref_multiclass_nms(boxes, probs, score_thr=0.05, iou=0.1, max_num=2000):
     return boxes[keep], scores[keep], labels[keep]
 
 
+def ref_rresize(image, img_scale):
+    """Test RResize(img_scale, keep_ratio=True): mmcv rescale_size + imresize (bilinear, 8-bit result)."""
+    h, w = image.shape[1:]
+    factor = min(max(img_scale) / max(h, w), min(img_scale) / min(h, w))
+    nw, nh = int(w * float(factor) + 0.5), int(h * float(factor) + 0.5)
+    out = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    return out.round().clamp(0, 255), (nw / w, nh / h)
+
+
 @torch.no_grad()
-def ref_simple_test(model, image, rpn_cfg=None, roi_cfg=None):
-    """One image, batch 1: normalise, pad to a multiple of 32 on its own, official post-processing."""
+def ref_simple_test(model, image, rpn_cfg=None, roi_cfg=None, img_scale=None):
+    """One image, batch 1: (resize,) normalise, pad to a multiple of 32 on its own, official post-processing."""
     rpn_cfg = rpn_cfg or {}
     roi_cfg = roi_cfg or {}
+    scale = (1.0, 1.0)
+    if img_scale is not None:
+        image, scale = ref_rresize(image, img_scale)
     h, w = image.shape[1:]
     mean, std = torch.tensor(PIXEL_MEAN).view(3, 1, 1), torch.tensor(PIXEL_STD).view(3, 1, 1)
     ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
@@ -163,7 +177,7 @@ def ref_simple_test(model, image, rpn_cfg=None, roi_cfg=None):
     props = ref_rpn(logits, deltas, anchors, **rpn_cfg)
     rois = torch.cat([props.new_zeros(props.shape[0], 1), props[:, :5]], 1)
     cls, reg = model.roi_head.bbox_head(model.roi_head.bbox_roi_extractor(feats, rois))
-    boxes = ref_delta_decode(rois[:, 1:], reg, (h, w))
+    boxes = ref_delta_decode(rois[:, 1:], reg, (h, w), scale=scale)
     return ref_multiclass_nms(boxes, F.softmax(cls, dim=-1), **roi_cfg), props
 
 
@@ -259,3 +273,43 @@ def test_rpn_keeps_degenerate_proposals_when_min_bbox_size_is_zero():
     assert kept.shape[0] == 1 and kept[0, 2].item() == pytest.approx(side, abs=1e-4)
     none = head.proposals(logits, deltas, anchors, [(64, 64)], ProposalConfig(min_bbox_size=side + 1e-3))[0]
     assert none.shape[0] == 0
+
+
+# ---- test-time resize (item 4) -----------------------------------------------------------------------------
+def test_keep_ratio_sizes_by_hand():
+    from lsknet.ops import keep_ratio_size
+
+    assert keep_ratio_size(600, 1000, 800) == (480, 800)  # HRSC: long side to 800
+    assert keep_ratio_size(300, 500, (800, 800)) == (480, 800)  # small images are enlarged
+    assert keep_ratio_size(2048, 2048, 1024) == (1024, 1024)  # DOTA ms rate 0.5 patch
+    assert keep_ratio_size(682, 682, 1024) == (1024, 1024)  # rate 1.5: 682 * 1024 / 682 = 1024
+    assert keep_ratio_size(1024, 700, (1024, 1024)) == (1024, 700)
+    assert keep_ratio_size(500, 2000, (1333, 800)) == (333, 1333)  # min(1333 / 2000, 800 / 500) = 0.6665
+
+
+def test_test_resize_equals_official_rresize_and_rescale(wild_detector):
+    images = [_image(90, 150, 8), _image(120, 64, 9)]
+    wild_detector.test_resize = 200  # both enlarged: (120, 200) and (200, 107)
+    try:
+        got = wild_detector(images)
+    finally:
+        wild_detector.test_resize = None
+    for img, res in zip(images, got):
+        ref, _ = ref_simple_test(wild_detector, img, RPN_TEST, img_scale=(200, 200))
+        assert len(ref[1]) > 20
+        assert_same_detections(res, ref)
+        # boxes are in the original image's pixels: centres clamped to the resized image map back inside it
+        h, w = img.shape[1:]
+        assert float(res["rboxes"][:, 0].max()) <= w and float(res["rboxes"][:, 1].max()) <= h
+
+
+def test_presets_carry_the_official_test_resize():
+    from lsknet.config import load_config
+    from lsknet.tasks.detection import OrientedDetector
+
+    assert load_config("hrsc_lsknet_t_orcnn")["data"]["test_resize"] == 800
+    assert load_config("dota_ms_lsknet_s_orcnn")["data"]["test_resize"] == 1024
+    assert load_config("dota_lsknet_t_orcnn")["data"]["test_resize"] is None  # 1024 patches: no-op anyway
+    cfg = load_config("hrsc_lsknet_t_orcnn")
+    cfg["model"]["name"] = "resnet18"  # a light backbone: only the plumbing is checked here
+    assert OrientedDetector(cfg).model.test_resize == 800

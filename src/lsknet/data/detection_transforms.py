@@ -29,6 +29,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from lsknet.ops import keep_ratio_size
+
 Sample = dict
 
 #: PolyRandomRotate's discrete angles (degrees) for images that hold a rect class.
@@ -230,8 +232,7 @@ class Resize:
     def __call__(self, sample: Sample) -> Sample:
         h, w = sample["size"]
         if self.keep_ratio:
-            scale = min(max(self.size) / max(h, w), min(self.size) / min(h, w))
-            target = [int(h * scale + 0.5), int(w * scale + 0.5)]
+            target = list(keep_ratio_size(h, w, self.size))
         else:
             target = list(self.size)
         if target == [h, w]:

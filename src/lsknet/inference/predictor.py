@@ -187,6 +187,8 @@ class Predictor:
             as the official DOTA merge (per-class rotated NMS, no maximum). Each window keeps the model's own cap
             (``roi.test_cfg.max_per_img``, 2000 officially).
         device: where to run (default: the model's device).
+        test_resize: set the detector's keep-ratio test resize of every window (see
+            :class:`~lsknet.models.oriented_rcnn.OrientedRCNN`); ``None`` keeps the model's setting.
     """
 
     def __init__(
@@ -200,8 +202,11 @@ class Predictor:
         merge_iou: float = 0.1,
         max_per_img: int | None = None,
         device: str | torch.device | None = None,
+        test_resize: int | Sequence[int] | None = None,
     ) -> None:
         self.model = model.eval()
+        if test_resize is not None:
+            self.model.test_resize = test_resize
         self.classes = tuple(classes)
         num_classes = getattr(model, "num_classes", len(self.classes))
         if num_classes != len(self.classes):
@@ -245,6 +250,7 @@ class Predictor:
             model = detector_from_config(config.get("model") or {}, len(names), load_checkpoint=False)
             load_detector_checkpoint(model, obj)
             data_cfg = config.get("data") or {}
+            model.test_resize = data_cfg.get("test_resize")
             kwargs.setdefault("tile_size", int(data_cfg.get("tile_size") or data_cfg.get("image_size") or 1024))
         else:
             meta = obj.get("meta") if isinstance(obj, dict) else None

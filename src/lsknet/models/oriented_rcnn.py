@@ -25,6 +25,7 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lsknet.errors import CheckpointError, ConfigError
@@ -32,6 +33,7 @@ from lsknet.models.checkpoint import load_state_dict_checked
 from lsknet.models.fpn import FPN
 from lsknet.models.roi_head import OrientedRoIHead, RoITestConfig
 from lsknet.models.rpn import AnchorGenerator, OrientedRPNHead, ProposalConfig
+from lsknet.ops import keep_ratio_size
 
 __all__ = [
     "PIXEL_MEAN",
@@ -82,6 +84,9 @@ class OrientedRCNN(nn.Module):
         batch_same_size: at inference, run images of the same padded size as one batch (faster on a GPU; results
             then equal the one-by-one results only up to float rounding, which can flip NMS decisions). Default
             ``False``: each image runs alone, as the official batch-1 test, so results never depend on the batch.
+        test_resize: at inference, rescale each image with its aspect ratio kept to fit this size (an int or
+            (H, W); small images are enlarged) and map the boxes back, as MMRotate's test ``RResize`` +
+            ``rescale=True`` (HRSC2016: 800; DOTA multi-scale patches: 1024). ``None``: native size.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class OrientedRCNN(nn.Module):
         pixel_std: Sequence[float] = PIXEL_STD,
         size_divisor: int = 32,
         batch_same_size: bool = False,
+        test_resize: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -106,6 +112,7 @@ class OrientedRCNN(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
         self.size_divisor = size_divisor
         self.batch_same_size = batch_same_size
+        self.test_resize = test_resize
 
     @property
     def num_classes(self) -> int:
@@ -172,19 +179,34 @@ class OrientedRCNN(nn.Module):
         """Inference with each image padded on its own to a multiple of ``size_divisor`` and run alone (official
         batch-1 testing), so results never depend on the batch's make-up; see ``batch_same_size``."""
         images, sizes = _check_images(images)
+        scales: list[tuple[float, float]] | None = None
+        if self.test_resize is not None:
+            images, scales = zip(*(self.resize_for_test(img) for img in images))
+            sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         groups: dict[object, list[int]] = {}
         for i, (h, w) in enumerate(sizes):
             groups.setdefault(self.padded_size(h, w) if self.batch_same_size else i, []).append(i)
         results: list[dict[str, torch.Tensor]] = [{} for _ in images]
         for idx in groups.values():
-            batch, sizes = self.preprocess([images[i] for i in idx])
+            batch, sub_sizes = self.preprocess([images[i] for i in idx])
             feats = self.extract_feats(batch)
             logits, deltas = self.rpn_head(feats)
             anchors = self.rpn_head.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], batch.device)
-            proposals = self.rpn_head.proposals(logits, deltas, anchors, sizes, self.rpn_head.test_proposals)
-            for i, res in zip(idx, self.roi_head.predict(feats, proposals, sizes)):
+            proposals = self.rpn_head.proposals(logits, deltas, anchors, sub_sizes, self.rpn_head.test_proposals)
+            sub_scales = [scales[i] for i in idx] if scales is not None else None
+            for i, res in zip(idx, self.roi_head.predict(feats, proposals, sub_sizes, scale_factors=sub_scales)):
                 results[i] = res
         return results
+
+    def resize_for_test(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
+        """One (3, H, W) 0..255 image rescaled by ``test_resize`` (keep ratio; bilinear without antialiasing and
+        rounded to integers, as OpenCV's ``INTER_LINEAR`` on 8-bit images) and its ``(w_scale, h_scale)``."""
+        h, w = int(image.shape[1]), int(image.shape[2])
+        new_h, new_w = keep_ratio_size(h, w, self.test_resize)
+        if (new_h, new_w) == (h, w):
+            return image, (1.0, 1.0)
+        out = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False)
+        return out[0].round().clamp(0, 255), (new_w / w, new_h / h)
 
 
 def _dataclass_from(cls: type, value: Any, what: str) -> Any:

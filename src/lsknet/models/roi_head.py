@@ -218,10 +218,13 @@ class OrientedRoIHead(nn.Module):
         proposals: Sequence[torch.Tensor],
         image_sizes: Sequence[tuple[int, int]],
         cfg: RoITestConfig | None = None,
+        scale_factors: Sequence[tuple[float, float]] | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         """Per image ``{"rboxes": (D, 5), "scores": (D,), "labels": (D,) int64}`` after class-wise rotated NMS.
 
-        ``image_sizes``: (H, W) of each image before padding; decoded centres are clamped into it."""
+        ``image_sizes``: (H, W) of each image before padding; decoded centres are clamped into it.
+        ``scale_factors``: (w_scale, h_scale) of a test resize per image; boxes are mapped back before NMS as
+        MMRotate's ``rescale=True`` does (``cx, w`` divided by ``w_scale``, ``cy, h`` by ``h_scale``)."""
         cfg = cfg or self.test_cfg
         rois = rois_from_boxes(proposals)
         cls_logits, deltas = self.bbox_head(self.bbox_roi_extractor(feats, rois))
@@ -231,6 +234,9 @@ class OrientedRoIHead(nn.Module):
             sel = rois[:, 0] == i
             # centres are clamped to [0, W - 1] x [0, H - 1] of the unpadded image (official get_bboxes)
             boxes = self.bbox_coder.decode(rois[sel, 1:], deltas[sel].float(), max_shape=size)
+            if scale_factors is not None:
+                sw, sh = scale_factors[i]
+                boxes = boxes / boxes.new_tensor([sw, sh, sw, sh, 1.0])
             results.append(self._postprocess(boxes, probs[sel], cfg))
         return results
 

@@ -9,7 +9,9 @@ Config sections (defaults in ``configs/detect.yaml``; the official recipe in ``c
 - ``data``: ``train_root`` / ``val_root`` / ``test_root`` (DOTA-format folders: ``images/`` + ``labelTxt/``, e.g.
   from ``lsknet dota split``), ``val_gt_root`` (source-image ``labelTxt`` folder: validation patches are then merged
   to source images before evaluation), ``classes`` (``dota1.0`` or names), ``image_size`` (training resize;
-  null = native), ``tile_size`` (prediction windows; default ``image_size``), ``batch_size``, ``eval_batch_size``,
+  null = native), ``tile_size`` (prediction windows; default ``image_size``), ``test_resize`` (keep-ratio rescale of
+  every image / window at validation, eval and prediction, boxes mapped back: the official test ``RResize``),
+  ``batch_size``, ``eval_batch_size``,
   ``num_workers``, ``filter_empty`` (training images without objects are skipped, as MMRotate; false keeps them
   as negatives), ``min_object_size`` (training objects whose rbox side is below this many pixels are dropped at
   load and counted, as MMRotate's loader; also checked again on the training targets), ``keep_ratio``,
@@ -158,6 +160,7 @@ class OrientedDetector(TaskModule):
         super().__init__(config)
         self.classes = tuple(config["data"]["classes"])
         self.model = detector_from_config(config.get("model") or {}, len(self.classes))
+        self.model.test_resize = (config.get("data") or {}).get("test_resize")  # validation, eval and predict
         det_cfg = config.get("detect") or {}
         self.nan_patience = int(det_cfg.get("nan_patience", 5))
         self.min_object_size = float((config.get("data") or {}).get("min_object_size", 2.0))
