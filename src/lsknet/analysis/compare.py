@@ -246,8 +246,9 @@ def plot_comparison(result: dict[str, Any], path: Any) -> Any:
                             textcoords="offset points")
                 if row["optimized_ms"] is not None:
                     ax.scatter(xv, row["optimized_ms"], color="tab:red", marker="x")
+            ax.margins(x=0.2, y=0.15)  # room for the labels of the outermost points
             ax.set_xlabel(label)
-            ax.set_ylabel("latency (ms, median)")
+            ax.set_ylabel("latency (ms, median; x = optimized)")
             ax.set_title(f"{size}x{size}, {n_threads} thread(s)", fontsize=9)
             ax.grid(alpha=0.3)
     fig.tight_layout()
