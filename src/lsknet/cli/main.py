@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "lsknet.cli.analyze",  # analyze erf/selection
     "lsknet.cli.robustness",  # robustness
     "lsknet.cli.compare",  # compare
+    "lsknet.cli.export",  # export (ONNX)
 )
 
 

@@ -220,7 +220,8 @@ class Predictor:
         self.max_per_img = None if max_per_img is None else int(max_per_img)
         if device is not None:
             self.model.to(device)
-        self.device = next(self.model.parameters()).device
+        param = next(self.model.parameters(), None)  # none: a runtime such as onnxruntime (inputs stay on the CPU)
+        self.device = param.device if param is not None else torch.device("cpu")
 
     @classmethod
     def from_checkpoint(
@@ -231,15 +232,27 @@ class Predictor:
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> Predictor:
-        """A predictor from an lsknet training checkpoint (``.ckpt``: config, classes and tile size stored) or an
-        MMRotate detector checkpoint (give ``variant`` and ``classes``; default DOTA-v1.0 classes, or the
-        ``meta.CLASSES`` stored in the file)."""
+        """A predictor from an lsknet training checkpoint (``.ckpt``: config, classes and tile size stored), an
+        ``lsknet export`` ONNX file (``.onnx``: run by onnxruntime, classes stored) or an MMRotate detector
+        checkpoint (give ``variant`` and ``classes``; default DOTA-v1.0 classes, or the ``meta.CLASSES`` stored in
+        the file)."""
         from lsknet.data.dota import get_classes
         from lsknet.models.oriented_rcnn import build_oriented_rcnn, detector_from_config, load_detector_checkpoint
 
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
+        if path.suffix.lower() == ".onnx":  # an `lsknet export` file, run by onnxruntime
+            from lsknet.inference.onnx_runtime import load_onnx
+
+            runtime = load_onnx(path)
+            if runtime.kind != "detector":
+                raise CheckpointError(f"{path}: a {runtime.kind} export, not a detector")
+            config = runtime.meta.get("config") or {}
+            names = tuple(classes) if classes is not None else (runtime.classes or get_classes("dota1.0"))
+            data_cfg = config.get("data") or {}
+            kwargs.setdefault("tile_size", int(data_cfg.get("tile_size") or data_cfg.get("image_size") or 1024))
+            return cls(runtime, names, **kwargs)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:

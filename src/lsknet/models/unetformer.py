@@ -60,7 +60,7 @@ def _separable_conv_bn(channels: int, k: int) -> nn.Sequential:
 
 def _pad(x: Tensor, right: int, bottom: int) -> Tensor:
     """Reflect-pad on the right/bottom; replicate where the side is too short for reflection."""
-    if not (right or bottom):
+    if not torch.jit.is_tracing() and not (right or bottom):  # an ONNX trace keeps the pad (size-dependent)
         return x
     h, w = x.shape[-2:]
     mode = "reflect" if right < w and bottom < h else "replicate"

@@ -35,8 +35,9 @@ _CONVEX_TOL = 1e-9  # relative turn under which a vertex counts as straight
 
 
 # ----------------------------------------------------------------------------------------------- polygons
-def _prepare(polys: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
-    """float64 polygons -> (pieces (N, T, K, 2) positively oriented, areas (N,), envelopes (N, 4))."""
+def _orient(polys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """float64 polygons (N, K, 2) -> (positively oriented polygons, areas (N,), envelopes (N, 4)); no checks, fixed
+    shapes (the part of :func:`_prepare` that graph exports of convex boxes use)."""
     p = polys.to(torch.float64)
     local = p - p.mean(1, keepdim=True)  # centred: the shoelace sum cancels badly at large coordinates
     x, y = local[..., 0], local[..., 1]
@@ -44,6 +45,12 @@ def _prepare(polys: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
     p = torch.where((area2 < 0).view(-1, 1, 1), p.flip(-2), p)
     area = area2.abs() / 2
     env = torch.cat([p.amin(1), p.amax(1)], dim=-1)
+    return p, area, env
+
+
+def _prepare(polys: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
+    """float64 polygons -> (pieces (N, T, K, 2) positively oriented, areas (N,), envelopes (N, 4))."""
+    p, area, env = _orient(polys)
     d = p.roll(-1, 1) - p  # edges
     dprev = d.roll(1, 1)
     turn = dprev[..., 0] * d[..., 1] - dprev[..., 1] * d[..., 0]  # (N, 4) cross at each vertex
@@ -75,7 +82,7 @@ def _clip_pass(px: Tensor, py: Tensor, qx: Tensor, qy: Tensor, scale: Tensor, se
     # n0[k, l] = cross(e_l, p_k - q_l) >= 0 when p's vertex k is inside q's edge line l: (K, L, E)
     n0 = torch.addcmul(torch.addcmul(-c, ex, py.unsqueeze(1)), ey, px.unsqueeze(1), value=-1)
     nd = n0 - n0.roll(-1, 0)  # n0 - n1 along p's edge k (its end is vertex k + 1)
-    tol = _TIE_TOL * torch.hypot(ex, ey) * scale  # (L, E)
+    tol = _TIE_TOL * torch.sqrt(ex * ex + ey * ey) * scale  # (L, E) (no hypot: graph exports lack it)
     near = n0.abs() <= tol
     tie = near & near.roll(-1, 0)  # the whole edge lies on the line: decided by the tie rule, not clipped
     nd.masked_fill_(tie, 0.0)  # a tie constrains nothing here (and |n0| <= tol keeps it non-empty)
@@ -83,9 +90,9 @@ def _clip_pass(px: Tensor, py: Tensor, qx: Tensor, qy: Tensor, scale: Tensor, se
     t_lo = r.masked_fill(nd >= 0, -torch.inf).amax(1).clamp_min(0)  # entering the half-plane
     t_hi = r.masked_fill(nd <= 0, torch.inf).amin(1).clamp_max(1)  # leaving it
     empty = (nd == 0) & (n0 < -tol)  # parallel and outside
-    if bool(tie.any()):  # rare: collinear edges
+    if torch.jit.is_tracing() or bool(tie.any()):  # rare: collinear edges (graph exports keep the branch)
         same = torch.addcmul(dx.unsqueeze(1) * ex, dy.unsqueeze(1), ey) > 0
-        empty |= tie & same & second
+        empty = empty | (tie & same & second)
     span = (t_hi - t_lo).clamp_min(0).masked_fill(empty.any(1), 0.0)
     return (span * (px * dy - py * dx)).sum(0)
 
@@ -115,13 +122,17 @@ def _pair_overlaps(pa, area_a, pb, area_b, ia: Tensor, ib: Tensor, mode: str) ->
     out = []
     step = _MAX_PAIRS if ia.device.type == "cpu" else max(_MAX_PAIRS, _MAX_PAIRS_GPU)
     for s in range(0, ia.numel(), step):
-        i, j = ia[s : s + step], ib[s : s + step]
-        aa, ab = area_a[i], area_b[j]
-        inter = torch.minimum(_intersection(pa[i], pb[j]), torch.minimum(aa, ab))
-        ok = (aa > 0) & (ab > 0)
-        denom = aa if mode == "iof" else aa + ab - inter
-        out.append(torch.where(ok, inter / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(inter)))
+        out.append(_pair_block(pa, area_a, pb, area_b, ia[s : s + step], ib[s : s + step], mode))
     return torch.cat(out) if out else area_a.new_zeros(0)
+
+
+def _pair_block(pa, area_a, pb, area_b, i: Tensor, j: Tensor, mode: str) -> Tensor:
+    """IoU or IoF (float64) of the pairs ``(i, j)`` in one pass (no chunking: also the graph-export path)."""
+    aa, ab = area_a[i], area_b[j]
+    inter = torch.minimum(_intersection(pa[i], pb[j]), torch.minimum(aa, ab))
+    ok = (aa > 0) & (ab > 0)
+    denom = aa if mode == "iof" else aa + ab - inter
+    return torch.where(ok, inter / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(inter))
 
 
 def _overlaps(

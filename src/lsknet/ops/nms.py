@@ -39,6 +39,23 @@ def _check_vector(x: object, n: int, name: str, floating: bool) -> Tensor:
     return x
 
 
+def _may_suppress(
+    env: Tensor, area: Tensor, labels: Tensor | None, i: Tensor, j: Tensor, iou_threshold: float
+) -> Tensor:
+    """Whether box pairs (i, j) can overlap with IoU above the threshold: same class, overlapping envelopes and
+    an IoU upper bound above it. IoU = I / (A1 + A2 - I) grows with I, and I <= U = min(A1, A2, envelope
+    overlap): pairs whose bound U / (A1 + A2 - U) cannot exceed the threshold are skipped (margin for rounding)."""
+    e1, e2 = env[i], env[j]
+    ok = (e1[:, 0] < e2[:, 2]) & (e2[:, 0] < e1[:, 2]) & (e1[:, 1] < e2[:, 3]) & (e2[:, 1] < e1[:, 3])
+    a1, a2 = area[i], area[j]
+    ov = (torch.minimum(e1[:, 2:], e2[:, 2:]) - torch.maximum(e1[:, :2], e2[:, :2])).prod(1)
+    u = torch.minimum(torch.minimum(a1, a2), ov)
+    ok = ok & (u > iou_threshold * (1 - 1e-9) * (a1 + a2 - u))
+    if labels is not None:
+        ok = ok & (labels[i] == labels[j])
+    return ok
+
+
 def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_threshold: float) -> tuple[Tensor, Tensor]:
     """Pairs (i, j), i < j, of the same class whose envelopes overlap and whose IoU can exceed the threshold.
 
@@ -74,16 +91,7 @@ def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_thres
         q = p + 1 + torch.arange(total, device=env.device) - start[p - b0]
         i, j = order[p], order[q]
         i, j = torch.minimum(i, j), torch.maximum(i, j)
-        e1, e2 = env[i], env[j]
-        ok = (e1[:, 0] < e2[:, 2]) & (e2[:, 0] < e1[:, 2]) & (e1[:, 1] < e2[:, 3]) & (e2[:, 1] < e1[:, 3])
-        # IoU = I / (A1 + A2 - I) grows with I, and I <= U = min(A1, A2, envelope overlap): skip pairs whose bound
-        # U / (A1 + A2 - U) cannot exceed the threshold (with a margin for rounding)
-        a1, a2 = area[i], area[j]
-        ov = (torch.minimum(e1[:, 2:], e2[:, 2:]) - torch.maximum(e1[:, :2], e2[:, :2])).prod(1)
-        u = torch.minimum(torch.minimum(a1, a2), ov)
-        ok &= u > iou_threshold * (1 - 1e-9) * (a1 + a2 - u)
-        if labels is not None:
-            ok &= labels[i] == labels[j]
+        ok = _may_suppress(env, area, labels, i, j, iou_threshold)
         src.append(i[ok])
         dst.append(j[ok])
     if not src:

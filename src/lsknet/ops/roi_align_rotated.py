@@ -72,6 +72,18 @@ def _bags(
     return idx.reshape(r * ph * pw, n_bag), w.reshape(r * ph * pw, n_bag)
 
 
+def _roi_geometry(r: Tensor, b: Tensor, spatial_scale: float, aligned: bool, clockwise: bool) -> Tensor:
+    """(R, 7) = (batch, cx, cy, w, h, cos, sin) in feature-map pixels, the sampling frame of every RoI."""
+    offset = 0.5 if aligned else 0.0
+    rw, rh = r[:, 3] * spatial_scale, r[:, 4] * spatial_scale
+    if not aligned:  # MMCV: legacy mode forces malformed RoIs to be at least 1x1
+        rw, rh = rw.clamp_min(1.0), rh.clamp_min(1.0)
+    theta = -r[:, 5] if clockwise else r[:, 5]
+    return torch.stack(
+        [b, r[:, 1] * spatial_scale - offset, r[:, 2] * spatial_scale - offset, rw, rh, theta.cos(), theta.sin()], 1
+    )
+
+
 def roi_align_rotated(
     features: Tensor,
     rois: Tensor,
@@ -105,14 +117,8 @@ def roi_align_rotated(
     b = r[:, 0].round()
     if bool(((b < 0) | (b >= bsz)).any()):
         raise ValueError(f"rois batch indices must be in [0, {bsz - 1}] for a batch of {bsz} feature maps")
-    offset = 0.5 if aligned else 0.0
-    rw, rh = r[:, 3] * spatial_scale, r[:, 4] * spatial_scale
-    if not aligned:  # MMCV: legacy mode forces malformed RoIs to be at least 1x1
-        rw, rh = rw.clamp_min(1.0), rh.clamp_min(1.0)
-    theta = -r[:, 5] if clockwise else r[:, 5]
-    geo = torch.stack(
-        [b, r[:, 1] * spatial_scale - offset, r[:, 2] * spatial_scale - offset, rw, rh, theta.cos(), theta.sin()], 1
-    )
+    geo = _roi_geometry(r, b, spatial_scale, aligned, clockwise)
+    rw, rh = geo[:, 3], geo[:, 4]
     table = features.permute(0, 2, 3, 1).reshape(bsz * hh * ww, ch)
 
     def pool(sel: Tensor | None, grid: tuple[int, int]) -> Tensor:

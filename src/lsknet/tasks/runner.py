@@ -305,25 +305,53 @@ def check_state_dict_fits(module: torch.nn.Module, state_dict: dict[str, torch.T
 STARTING_WEIGHT_KEYS = ("checkpoint", "backbone_checkpoint")
 
 
+def _without_starting_weights(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``cfg`` for rebuilding a trained network: the starting weights it names are not needed."""
+    build_cfg = copy.deepcopy(cfg)
+    for key in STARTING_WEIGHT_KEYS:
+        if isinstance(build_cfg.get("model"), dict) and build_cfg["model"].get(key):
+            build_cfg["model"][key] = None
+    return build_cfg
+
+
 def load_module(
     checkpoint_path: str | Path, overrides: list[str] | None = None, build_data: bool = True
 ) -> tuple[L.LightningModule, L.LightningDataModule | None, dict[str, Any]]:
     """Rebuild a task's module (+ data module) from an lsknet checkpoint, apply ``overrides``, load the weights.
 
     The checkpoint's ``state_dict`` holds the EMA weights when EMA was enabled. Returns (module, datamodule, cfg).
+    An ``lsknet export`` ONNX file (``.onnx``) gives the module of its stored config with ``module.model`` replaced
+    by the onnxruntime runtime (:func:`lsknet.inference.onnx_runtime.load_onnx`).
     """
+    if Path(checkpoint_path).suffix.lower() == ".onnx":
+        return _load_onnx_module(checkpoint_path, overrides, build_data)
     checkpoint = read_lightning_checkpoint(checkpoint_path)
     cfg = apply_overrides(checkpoint_config(checkpoint_path, checkpoint), list(overrides or []))
     # The trained weights come from this checkpoint: the starting weights named in the config (which may not exist on
     # this machine) are not needed to rebuild the network.
-    build_cfg = copy.deepcopy(cfg)
-    for key in STARTING_WEIGHT_KEYS:
-        if isinstance(build_cfg.get("model"), dict) and build_cfg["model"].get(key):
-            build_cfg["model"][key] = None
-    module, datamodule = get_task(cfg["task"]).build(build_cfg)
+    module, datamodule = get_task(cfg["task"]).build(_without_starting_weights(cfg))
     state_dict = checkpoint["state_dict"]
     check_state_dict_fits(module, state_dict, str(checkpoint_path))
     module.load_state_dict(state_dict)
+    module.eval()
+    return module, (datamodule if build_data else None), cfg
+
+
+def _load_onnx_module(
+    path: str | Path, overrides: list[str] | None, build_data: bool
+) -> tuple[L.LightningModule, L.LightningDataModule | None, dict[str, Any]]:
+    from lsknet.inference.onnx_runtime import load_onnx
+
+    runtime = load_onnx(path)
+    stored = runtime.meta.get("config")
+    if not isinstance(stored, dict) or "task" not in stored:
+        raise CheckpointError(
+            f"{path}: this ONNX file holds no run config (exported from a bare model, not a training checkpoint); "
+            "use lsknet.inference.onnx_runtime.load_onnx or Predictor(...) directly"
+        )
+    cfg = apply_overrides(copy.deepcopy(stored), list(overrides or []))
+    module, datamodule = get_task(cfg["task"]).build(_without_starting_weights(cfg))
+    module.model = runtime  # the task's loops call module.model(...) exactly as with the PyTorch network
     module.eval()
     return module, (datamodule if build_data else None), cfg
 

@@ -1,0 +1,114 @@
+"""The Oriented R-CNN test path as one traceable module: image tensor in, rboxes / scores / labels out.
+
+:class:`DetectorGraph` runs the eager detector's own parts (normalisation constants, backbone, FPN, RPN head,
+anchor generator, box coders, RoI extractor levels, bbox head, test configs) and replaces only the data-dependent
+steps with the export-friendly formulations of :mod:`lsknet.export.graph_ops`. The eager
+:class:`~lsknet.models.oriented_rcnn.OrientedRCNN` stays the definition; the tests check that both give the same
+detections.
+
+Input: ``image`` (1, 3, H, W) float RGB in 0..255, any H, W (padded to the size divisor inside the graph).
+Outputs: ``rboxes`` (D, 5) ``(cx, cy, w, h, theta)`` pixels / radians le90, ``scores`` (D,), ``labels`` (D,) int64,
+by descending score.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lsknet.export.graph_ops import multiclass_nms, nms_rotated_graph, roi_align_rotated_graph, topk_min
+from lsknet.models.oriented_rcnn import OrientedRCNN
+from lsknet.ops import rbox_to_hbox
+
+__all__ = ["DetectorGraph"]
+
+
+class DetectorGraph(nn.Module):
+    """Export wrapper of an eval-mode :class:`OrientedRCNN` (batch of one image; see the module doc)."""
+
+    def __init__(self, model: OrientedRCNN) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        m = self.model
+        h, w = image.shape[2], image.shape[3]
+        d = m.size_divisor
+        x = (image[0].to(m.pixel_mean.dtype) - m.pixel_mean) / m.pixel_std
+        x = F.pad(x.unsqueeze(0), (0, (d - w % d) % d, 0, (d - h % d) % d))
+        feats = m.extract_feats(x)
+        logits, deltas = m.rpn_head(feats)
+        anchors = m.rpn_head.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], x.device)
+        proposals = self._proposals(logits, deltas, anchors)
+        return self._detect(feats, proposals, (h, w))
+
+    def _proposals(self, logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor]) -> Tensor:
+        """:meth:`OrientedRPNHead.proposals` for image 0: (K, 6) rbox + objectness, by score."""
+        head = self.model.rpn_head
+        cfg = head.test_proposals
+        scores, level_deltas, level_anchors, level_ids = [], [], [], []
+        for lvl, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
+            s = lg[0].permute(1, 2, 0).reshape(-1).sigmoid()
+            dd = dl[0].permute(1, 2, 0).reshape(-1, 6)
+            if cfg.nms_pre > 0:
+                s, idx = topk_min(s, cfg.nms_pre)
+                dd, an = dd[idx], an[idx]
+            scores.append(s)
+            level_deltas.append(dd)
+            level_anchors.append(an)
+            level_ids.append(torch.full_like(s, lvl, dtype=torch.long))
+        s = torch.cat(scores)
+        rboxes = head.bbox_coder.decode(torch.cat(level_anchors), torch.cat(level_deltas).float())
+        ids = torch.cat(level_ids)
+        valid = torch.isfinite(rboxes).all(dim=1)
+        if cfg.min_bbox_size >= 0:
+            valid = valid & (rboxes[:, 2] > cfg.min_bbox_size) & (rboxes[:, 3] > cfg.min_bbox_size)
+        else:
+            valid = torch.ones_like(valid)
+        safe = torch.where(valid[:, None], rboxes, torch.zeros_like(rboxes))
+        levels = torch.arange(len(logits), device=s.device)
+        per_level = torch.where((ids[None, :] == levels[:, None]) & valid[None, :], s[None, :].float(), -1.0)
+        keep = multiclass_nms(rbox_to_hbox(safe), per_level, cfg.nms_iou, -0.5, 1 << 30)
+        _, best = topk_min(s.float()[keep], cfg.max_per_img)
+        keep = keep[best]
+        return torch.cat([rboxes[keep], s[keep, None].to(rboxes.dtype)], dim=1)
+
+    def _detect(self, feats: list[Tensor], proposals: Tensor, image_size: tuple) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`OrientedRoIHead.predict` + ``_postprocess`` for image 0."""
+        head = self.model.roi_head
+        cfg = head.test_cfg
+        rois = torch.cat([torch.zeros_like(proposals[:, :1]), proposals[:, :5]], dim=1)
+        cls_logits, deltas = head.bbox_head(self._roi_feats(feats, rois))
+        probs = F.softmax(cls_logits.float(), dim=1)
+        boxes = head.bbox_coder.decode(rois[:, 1:], deltas.float())
+        scores = probs[:, : probs.shape[1] - 1]
+        mask = (scores > cfg.score_thr) & torch.isfinite(boxes).all(dim=1, keepdim=True)
+        box_idx, labels = torch.nonzero(mask, as_tuple=True)
+        cand_boxes, cand_scores = boxes[box_idx], scores[box_idx, labels]
+        keep = nms_rotated_graph(cand_boxes, cand_scores, labels, cfg.nms_iou, cfg.max_per_img)
+        return cand_boxes[keep], cand_scores[keep], labels[keep]
+
+    def _roi_feats(self, feats: list[Tensor], rois: Tensor) -> Tensor:
+        """:class:`RotatedRoIExtractor` forward: every RoI pooled from its level."""
+        ext = self.model.roi_head.bbox_roi_extractor
+        levels = ext.map_levels(rois)
+        parts, order = [], []
+        for lvl, layer in enumerate(ext.roi_layers):
+            idx = torch.nonzero(levels == lvl).flatten()
+            parts.append(
+                roi_align_rotated_graph(
+                    feats[lvl],
+                    rois[idx],
+                    layer.output_size,
+                    layer.spatial_scale,
+                    layer.sampling_ratio,
+                    layer.aligned,
+                    layer.clockwise,
+                )
+            )
+            order.append(idx)
+        order_t = torch.cat(order)
+        inverse = torch.zeros_like(order_t).scatter(0, order_t, torch.arange(order_t.shape[0], device=rois.device))
+        return torch.cat(parts)[inverse]
