@@ -61,6 +61,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from lsknet.inference.optimize import benchmark
 
@@ -70,6 +77,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.runtime or args.detector:
+        return _benchmark_runtimes(args)
     result = benchmark(
         args.model,
         args.size,
@@ -92,11 +101,35 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     )
     print(f"max rel diff   {result['max_rel_diff']:.2e}")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, path)
+        _write_json(result, Path(args.json))
+    return 0
+
+
+def _benchmark_runtimes(args: argparse.Namespace) -> int:
+    """``--runtime torch,optimized,onnxruntime`` (and ``--detector``): interleaved latency of each runtime."""
+    from lsknet.inference.runtime_bench import RUNTIMES, benchmark_runtimes
+
+    runtimes = [r for item in (args.runtime or []) for r in item.split(",") if r]
+    if not runtimes:
+        runtimes = ["torch", "onnxruntime"] if args.detector else list(RUNTIMES)
+    result = benchmark_runtimes(
+        args.model,
+        args.size,
+        args.batch,
+        runtimes,
+        detector=args.detector,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        threads=args.threads or None,
+    )
+    shape = f"{args.batch}x3x{args.size}x{args.size}"
+    print(f"model          {result['model']}  input {shape}  threads {result['threads']}")
+    for runtime, ms in result["median_ms"].items():
+        ratio = result["ratio_vs_torch"].get(runtime)
+        vs = f"  ({ratio:.2f}x torch)" if ratio else ""
+        print(f"latency {runtime:<12} {ms:.1f} ms (median of {args.repeats}){vs}")
+    if args.json:
+        _write_json(result, Path(args.json))
     return 0
 
 
@@ -131,4 +164,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--compile", action="store_true", help="also torch.compile the optimized model")
     b.add_argument("--checkpoint", help="load these weights instead of random ones")
     b.add_argument("--json", help="write the results to this JSON file")
+    b.add_argument(
+        "--runtime",
+        action="append",
+        metavar="NAME[,NAME]",
+        help="time these runtimes side by side instead: torch, optimized, onnxruntime (comma list or repeated)",
+    )
+    b.add_argument("--detector", action="store_true", help="with --runtime: the Oriented R-CNN (torch, onnxruntime)")
     b.set_defaults(func=cmd_benchmark)
