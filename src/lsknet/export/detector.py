@@ -63,10 +63,8 @@ class DetectorGraph(nn.Module):
         rboxes = head.bbox_coder.decode(torch.cat(level_anchors), torch.cat(level_deltas).float())
         ids = torch.cat(level_ids)
         valid = torch.isfinite(rboxes).all(dim=1)
-        if cfg.min_bbox_size >= 0:
-            valid = valid & (rboxes[:, 2] > cfg.min_bbox_size) & (rboxes[:, 3] > cfg.min_bbox_size)
-        else:
-            valid = torch.ones_like(valid)
+        if cfg.min_bbox_size > 0:
+            valid = valid & (rboxes[:, 2] >= cfg.min_bbox_size) & (rboxes[:, 3] >= cfg.min_bbox_size)
         safe = torch.where(valid[:, None], rboxes, torch.zeros_like(rboxes))
         levels = torch.arange(len(logits), device=s.device)
         per_level = torch.where((ids[None, :] == levels[:, None]) & valid[None, :], s[None, :].float(), -1.0)
@@ -82,7 +80,7 @@ class DetectorGraph(nn.Module):
         rois = torch.cat([torch.zeros_like(proposals[:, :1]), proposals[:, :5]], dim=1)
         cls_logits, deltas = head.bbox_head(self._roi_feats(feats, rois))
         probs = F.softmax(cls_logits.float(), dim=1)
-        boxes = head.bbox_coder.decode(rois[:, 1:], deltas.float())
+        boxes = head.bbox_coder.decode(rois[:, 1:], deltas.float(), max_shape=image_size)  # centres in the image
         scores = probs[:, : probs.shape[1] - 1]
         mask = (scores > cfg.score_thr) & torch.isfinite(boxes).all(dim=1, keepdim=True)
         box_idx, labels = torch.nonzero(mask, as_tuple=True)
