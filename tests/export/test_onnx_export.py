@@ -59,6 +59,14 @@ def test_classifier_and_static_export(tmp_path):
     runtime = load_onnx(path)
     assert runtime.kind == "classifier" and runtime.classes == tuple("abcdefg")
     _check_equal(model, runtime, SHAPES)
+    # int8 dynamic quantization: a quarter of the size, the metadata says so, logits stay close
+    from lsknet.export.quantize import quantize_int8
+
+    quantized = load_onnx(quantize_int8(path, tmp_path / "cls.int8.onnx"))
+    assert quantized.meta["quantized"] == "int8-dynamic" and quantized.classes == tuple("abcdefg")
+    assert (tmp_path / "cls.int8.onnx").stat().st_size < 0.4 * path.stat().st_size
+    x = torch.randn(2, 3, 64, 64)
+    assert _rel(quantized(x), runtime(x)) < 0.2
     static = load_onnx(to_onnx(model, tmp_path / "static.onnx", input_size=(2, 3, 64, 64), dynamic=False))
     assert [d for d in static.session.get_inputs()[0].shape] == [2, 3, 64, 64]
     _check_equal(model, static, [(2, 3, 64, 64)])

@@ -124,15 +124,20 @@ def nms_rotated_graph(
     rboxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float, max_dets: int | None = None
 ) -> Tensor:
     """Class-wise greedy rotated NMS with the result of :func:`lsknet.ops.nms_rotated` (suppress IoU > threshold,
-    ties in input order); indices of the kept boxes by descending score. Memory grows with K^2 / 2 candidate
-    pairs (K boxes), which is what a single graph without data-dependent chunking can do."""
+    ties in input order); indices of the kept boxes by descending score. Memory: a few K x K boolean masks (K boxes;
+    K = 5000 -> ~25 MB each), then work only for same-class pairs with overlapping envelopes; a single graph without
+    data-dependent chunking cannot do the eager sweep-and-prune."""
     _, order = topk_min(scores, 1 << 62)  # stable descending sort
     boxes = rboxes.index_select(0, order).to(torch.float64)
     lab = labels.index_select(0, order)
     pos = torch.arange(boxes.shape[0], device=boxes.device)
-    i, j = torch.nonzero(pos[:, None] < pos[None, :], as_tuple=True)
     env = rbox_to_hbox(boxes)
     area = boxes[:, 2] * boxes[:, 3]
+    # K x K boolean masks (K^2 bytes each): earlier in score order, same class, overlapping envelopes
+    e1, e2 = env[:, None, :], env[None, :, :]
+    near = (e1[..., 0] < e2[..., 2]) & (e2[..., 0] < e1[..., 2]) & (e1[..., 1] < e2[..., 3]) & (e2[..., 1] < e1[..., 3])
+    near = near & (lab[:, None] == lab[None, :]) & (pos[:, None] < pos[None, :])
+    i, j = torch.nonzero(near, as_tuple=True)
     ok = _may_suppress(env, area, lab, i, j, float(iou_threshold))
     # one sentinel pair (a unit box with itself, IoU dropped) keeps every pair tensor non-empty: onnxruntime cannot
     # reshape an empty (0, ...) tensor with an inferred axis

@@ -48,6 +48,10 @@ def build_runner(
         from lsknet.models.oriented_rcnn import build_oriented_rcnn
 
         model = build_oriented_rcnn(name, num_classes=15).eval()
+        with torch.no_grad():  # untrained heads score every class ~1/16 > 0.05 (30k NMS candidates per image);
+            # spread scores give a trained model's workload (~3k candidates on a 1024 noise image)
+            model.rpn_head.rpn_cls.weight.normal_(0, 0.3)
+            model.roi_head.bbox_head.fc_cls.weight.normal_(0, 0.3)
     else:
         model = timm.create_model(name, features_only=True).eval()
     if runtime == "torch":
