@@ -12,7 +12,7 @@ import torch
 
 import lsknet.models.backbone  # noqa: F401  (registers the LSKNet timm models)
 from lsknet.errors import CheckpointError
-from lsknet.export import MissingExtraError, read_metadata, to_onnx
+from lsknet.export import ExportError, MissingExtraError, read_metadata, to_onnx
 from lsknet.export.detector import DetectorGraph
 from lsknet.export.graph_ops import nms_rotated_graph, roi_align_rotated_graph
 from lsknet.inference.onnx_runtime import OnnxDetector, load_onnx
@@ -176,6 +176,13 @@ def test_exported_detector_equals_eager(tmp_path):
     model.roi_head.test_cfg.score_thr = 0.999
     empty = load_onnx(to_onnx(model, tmp_path / "none.onnx", input_size=(1, 3, 64, 64)))([_images()["scene"]])[0]
     assert empty["rboxes"].shape == (0, 5) and empty["labels"].dtype == torch.int64
+
+
+def test_detector_with_a_test_resize_is_refused(tmp_path):
+    model = _tiny_detector()
+    model.test_resize = 800
+    with pytest.raises(ExportError, match="test_resize"):
+        to_onnx(model, tmp_path / "det.onnx", input_size=(1, 3, 64, 64))
 
 
 def test_bad_files_and_missing_onnxruntime(tmp_path, monkeypatch):

@@ -133,6 +133,11 @@ def to_onnx(
         if kind == "detector":
             from lsknet.export.detector import DetectorGraph
 
+            if getattr(model, "test_resize", None) is not None:
+                raise ExportError(
+                    f"the detector has test_resize={model.test_resize!r}: the exported graph runs images at their own "
+                    "size; set model.test_resize = None (and resize the images yourself) to export"
+                )
             if size[0] != 1:
                 raise ExportError(f"the detector graph takes one image at a time: input_size {size} must have batch 1")
             net: nn.Module = DetectorGraph(model)
