@@ -22,13 +22,20 @@ def list_presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_config(name_or_path: str | Path) -> dict[str, Any]:
+def load_config(name_or_path: str | Path, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load a preset by name or a YAML file by path; a preset may ``inherit`` another preset."""
+    if str(name_or_path) in _chain:
+        raise ConfigError(f"config inheritance loops: {' -> '.join([*_chain, str(name_or_path)])}")
+    if "\x00" in str(name_or_path):
+        raise ConfigError(f"bad config name {str(name_or_path)!r} (NUL byte)")
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as err:
+            raise ConfigError(f"{path}: cannot read the config as UTF-8 text ({err})") from None
         source = str(path)
     else:
         name = str(name_or_path)
@@ -38,13 +45,19 @@ def load_config(name_or_path: str | Path) -> dict[str, Any]:
         source = f"preset {name}"
     try:
         cfg = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    except (yaml.YAMLError, RecursionError) as err:
+        raise ConfigError(f"{source}: not valid YAML: {str(err)[:300]}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     parent = cfg.pop("inherit", None)
     if parent is not None:
-        cfg = merge_config(load_config(parent), cfg)
+        if not isinstance(parent, str):
+            raise ConfigError(f"{source}: 'inherit' must name a preset or YAML file, got {parent!r}")
+        try:
+            base = load_config(parent, (*_chain, str(name_or_path)))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: inherit {parent!r}: {err}") from None
+        cfg = merge_config(base, cfg)
     if "task" not in cfg:
         raise ConfigError(f"{source}: missing the top-level 'task' key")
     return cfg
@@ -83,7 +96,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 node = node[part]
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         node[parts[-1]] = value
     return out

@@ -36,6 +36,8 @@ def _split(args: argparse.Namespace) -> int:
         sizes, gaps, rates = list(MS_PRESET["sizes"]), list(MS_PRESET["gaps"]), list(MS_PRESET["rates"])
     if len(gaps) == 1 and len(sizes) > 1:
         gaps = gaps * len(sizes)
+    from lsknet.data.dota import get_classes
+
     summary = split_dataset(
         args.src,
         args.dst,
@@ -47,6 +49,7 @@ def _split(args: argparse.Namespace) -> int:
         clip_truncated=not args.no_clip,
         pad=not args.no_padding,
         labels=False if args.no_labels else None,
+        classes=get_classes(args.classes),
         workers=args.workers,
         strict=args.strict,
         progress=not args.no_progress,
@@ -150,6 +153,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sp.add_argument("--no-clip", action="store_true", help="keep truncated objects unclipped (MMRotate style)")
     sp.add_argument("--no-padding", action="store_true", help="do not pad border patches to the window size")
     sp.add_argument("--no-labels", action="store_true", help="images only (test sets)")
+    sp.add_argument(
+        "--classes", default="dota1.0", help="known class names (dota1.0|dota1.5|dota2.0, comma list or file); "
+        "labels of other names are skipped, warned and counted"
+    )
     sp.add_argument("--workers", type=int, default=1, help="parallel processes")
     sp.add_argument("--strict", action="store_true", help="bad input is an error instead of a counted skip")
     sp.add_argument("--no-progress", action="store_true")

@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LSKNetError as err:
         print(f"lsknet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, no permission, a file where a folder should be: the environment, not a bug
+        print(f"lsknet {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

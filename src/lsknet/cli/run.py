@@ -127,8 +127,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     result = runner.train(cfg, resume=resume)
     if result.trainer is None or result.trainer.is_global_zero:
-        _print_summary("final validation (best checkpoint)", result.metrics.get("metrics", {}))
-        print(f"best checkpoint: {result.best_checkpoint}")
+        metrics = result.metrics.get("metrics", {})
+        if result.best_checkpoint:
+            _print_summary("final validation (best checkpoint)", metrics)
+            print(f"best checkpoint: {result.best_checkpoint}")
+        else:
+            monitor = (cfg.get("trainer") or {}).get("monitor")
+            why = f"{monitor} was never computed" if monitor else "trainer.monitor is null"
+            _print_summary(f"metrics at the end of training (no best checkpoint: {why})", metrics)
+        print(f"last checkpoint: {result.last_checkpoint}")
         print(f"run folder: {result.run_dir}")
     return 0
 
@@ -171,6 +178,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if isinstance(value, (list, tuple)):
             value = len(value)
         print(f"{key}: {value}")
+    processed = result.get("num_images", result.get("images"))
+    if processed == 0:
+        skipped = result.get("skipped")
+        skipped = len(skipped) if isinstance(skipped, (list, tuple)) else skipped
+        print(f"lsknet predict: error: no input could be processed ({skipped} skipped, see the warnings above)",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -69,6 +69,18 @@ def _float(elem: ET.Element, tag: str, where: str) -> float:
     return value
 
 
+def _difficult(obj: ET.Element) -> int:
+    """The ``<difficult>`` flag (0 when absent); ValueError for anything but a finite number."""
+    text = (obj.findtext("difficult") or "0").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"<difficult> is not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"<difficult> is not finite: {text!r}")
+    return int(value)
+
+
 def _lines_from(polys: list[list[float]], names: list[str], diffs: list[int]) -> list[str]:
     return [" ".join(repr(float(v)) for v in p) + f" {n} {d}" for p, n, d in zip(polys, names, diffs)]
 
@@ -85,13 +97,14 @@ def read_hrsc_xml(
     for k, obj in enumerate(root.iter("HRSC_Object")):
         try:
             rbox = [_float(obj, t, str(path)) for t in ("mbox_cx", "mbox_cy", "mbox_w", "mbox_h", "mbox_ang")]
+            difficult = _difficult(obj)
         except ValueError as err:
             report.skip(f"{path}:object {k + 1}", "bad HRSC object", str(err))
             continue
         corners = rbox_to_corners(torch.tensor([rbox], dtype=torch.float64))[0].numpy()
         polys.append(corners.reshape(-1).tolist())
         names.append((obj.findtext("Class_ID") or "ship").strip() if classwise else "ship")
-        diffs.append(int(float(obj.findtext("difficult") or 0)))
+        diffs.append(difficult)
     ann = parse_labeltxt(_lines_from(polys, names, diffs), str(path), None, report)
     for key, tag in (("width", "Img_SizeWidth"), ("height", "Img_SizeHeight"), ("image", "Img_FileName")):
         if root.findtext(tag):
@@ -116,12 +129,14 @@ def read_dior_xml(
             report.skip(f"{path}:object {k + 1}", "bad DIOR-R object", "missing <robndbox>")
             continue
         try:
-            polys.append([_float(box, t, str(path)) for t in tags])
+            poly = [_float(box, t, str(path)) for t in tags]
+            difficult = _difficult(obj)
         except ValueError as err:
             report.skip(f"{path}:object {k + 1}", "bad DIOR-R object", str(err))
             continue
+        polys.append(poly)
         names.append((obj.findtext("name") or "").strip().lower())
-        diffs.append(int(float(obj.findtext("difficult") or 0)))
+        diffs.append(difficult)
     ann = parse_labeltxt(_lines_from(polys, names, diffs), str(path), classes, report)
     size = root.find("size")
     if size is not None:
@@ -149,6 +164,8 @@ def read_yolo_obb(
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise DatasetFormatError(f"{path}: label file not found") from err
+    except (UnicodeDecodeError, IsADirectoryError) as err:
+        raise DatasetFormatError(f"{path}: not a text label file ({err})") from None
     lines = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         parts = raw.split()

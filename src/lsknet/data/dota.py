@@ -229,7 +229,7 @@ def parse_labeltxt(
         if len(parts) == 10:
             try:
                 difficult = int(float(parts[9]))
-            except ValueError:
+            except (ValueError, OverflowError):  # "x", "nan", "1e400"
                 report.skip(f"{source}:{lineno}", "bad difficult flag", repr(line))
                 continue
             if difficult not in (0, 1, 2):
@@ -320,6 +320,23 @@ def format_labeltxt(ann: DOTAAnnotation, decimals: int = 2) -> str:
         coords = " ".join(format_number(float(v), decimals) for v in quad)
         lines.append(f"{coords} {name} {int(diff)}")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def check_file_name(name: str, what: str = "name") -> str:
+    """``name`` if it is one plain file name; a :class:`DatasetFormatError` for names from data or configs that
+    would write elsewhere (``..``, a path separator, an absolute path, a NUL byte) or are empty."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or Path(name).is_absolute()
+        or Path(name).name != name
+    )
+    if bad:
+        raise DatasetFormatError(f"unsafe {what} {name!r}: output file names cannot contain '/', '\\', '..' or NUL")
+    return name
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -486,7 +503,11 @@ def read_task1_dir(
     for name in classes:
         path = det_dir / f"{prefix}{name}.txt"
         if path.is_file():
-            out[name] = parse_task1(path.read_text(encoding="utf-8").splitlines(), str(path), report)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise DatasetFormatError(f"{path}: not a text detection file ({err})") from None
+            out[name] = parse_task1(text.splitlines(), str(path), report)
         else:
             log.info("%s: no detections for class %s", path, name)
             out[name] = Task1Detections()
@@ -508,6 +529,8 @@ def write_task1_dir(
     """Write one ``Task1_<class>.txt`` per class (an empty file for classes without detections); returns paths."""
     out_dir = Path(out_dir)
     paths = []
+    for name in dets_per_class:
+        check_file_name(f"{prefix}{name}.txt", "class name")
     for name, dets in dets_per_class.items():
         path = out_dir / f"{prefix}{name}.txt"
         atomic_write_text(path, format_task1(dets, decimals))

@@ -262,6 +262,20 @@ def match_state_dict(
     return out, report
 
 
+def _refuse_trained_lsknet_checkpoint(state_dict: Mapping[str, Tensor], source: str) -> None:
+    """A checkpoint written by ``lsknet train`` (every key under the task's ``model.``) is not backbone weights:
+    say which option takes it instead of listing hundreds of missing keys."""
+    if not state_dict or any(k.startswith("patch_embed1.") for k in state_dict):
+        return
+    if all(k.startswith("model.") for k in state_dict):
+        raise CheckpointError(
+            f"{source} is a trained lsknet checkpoint (from lsknet train), not backbone weights: continue its run "
+            f"with `lsknet train --resume {source}`, evaluate or predict with `--checkpoint {source}`, or start a "
+            f"detection/segmentation run from the whole trained model with model.checkpoint={source}; "
+            "this option (backbone weights) takes e.g. the official lsk_t_backbone-2ef8a593.pth"
+        )
+
+
 def load_backbone_weights(
     model: nn.Module,
     state_dict_or_path: Mapping[str, Tensor] | str | Path,
@@ -284,6 +298,7 @@ def load_backbone_weights(
         state_dict = normalize_state_dict(
             unwrap_checkpoint(state_dict_or_path, use_ema=use_ema, source=source), prefix=prefix
         )
+    _refuse_trained_lsknet_checkpoint(state_dict, source)
     inner = getattr(model, "model", None)  # timm FeatureGetterNet keeps the network under .model
     target = inner if isinstance(inner, nn.Module) and not hasattr(model, "patch_embed1") else model
     to_load, report = match_state_dict(target, state_dict, source=source)

@@ -186,6 +186,8 @@ class SceneClassifier(TaskModule):
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
+        if self.skip_non_finite(loss):
+            return self.skipped_loss()
         self.train_acc(logits, targets)
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=len(targets)

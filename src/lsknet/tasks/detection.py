@@ -43,18 +43,14 @@ from torch.utils.data import DataLoader
 from lsknet.data.detection import DOTADetectionDataset, collate_detection, train_transforms_from_config
 from lsknet.data.dota import DOTAAnnotation, Task1Detections, get_classes, read_labeltxt_dir
 from lsknet.data.merge import merge_detections
-from lsknet.errors import ConfigError, DatasetFormatError, LSKNetError
+from lsknet.errors import ConfigError, DatasetFormatError
 from lsknet.evaluation.dota import evaluate_dota
 from lsknet.inference.predictor import Predictor, list_image_sources, write_outputs
 from lsknet.models.oriented_rcnn import detector_from_config
 from lsknet.ops import rbox_to_corners
-from lsknet.tasks.base import TaskModule, make_loader
+from lsknet.tasks.base import TaskModule, TrainingDiverged, make_loader  # noqa: F401 - detection.TrainingDiverged
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(LSKNetError):
-    """Raised when the loss stays non-finite for ``detect.nan_patience`` consecutive steps."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -162,9 +158,8 @@ class OrientedDetector(TaskModule):
         self.model = detector_from_config(config.get("model") or {}, len(self.classes))
         self.model.test_resize = (config.get("data") or {}).get("test_resize")  # validation, eval and predict
         det_cfg = config.get("detect") or {}
-        self.nan_patience = int(det_cfg.get("nan_patience", 5))
+        self.nan_patience = int(det_cfg.get("nan_patience") or self.nan_patience)
         self.min_object_size = float((config.get("data") or {}).get("min_object_size", 2.0))
-        self._nan_streak = 0
         self._dropped_small = 0
         self._eval_results: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -181,38 +176,16 @@ class OrientedDetector(TaskModule):
             targets.append({"rboxes": rboxes[keep], "labels": labels[keep]})
         return targets
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.model(_images(batch), self._targets(batch))
         loss = sum(v for k, v in losses.items() if k.startswith("loss"))
-        if not torch.isfinite(loss):
-            self._nan_streak += 1
-            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-            warnings.warn(
-                f"step {self.global_step}: non-finite loss ({parts}); step skipped "
-                f"({self._nan_streak}/{self.nan_patience} in a row)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            if self._nan_streak >= self.nan_patience:
-                self._stop_diverged()
-            return None
-        self._nan_streak = 0
+        if self.skip_non_finite(loss, losses):
+            return self.skipped_loss()
         n = len(batch["labels"])
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         for key, value in losses.items():
             self.log(f"train/{key}", value.detach(), on_step=True, on_epoch=False, batch_size=n)
         return loss
-
-    def _stop_diverged(self) -> None:
-        trainer = self.trainer
-        path = Path(trainer.default_root_dir) / "checkpoints" / "diverged.ckpt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(path, weights_only=False)
-        raise TrainingDiverged(
-            f"training stopped: the loss was NaN/inf for {self._nan_streak} consecutive steps (step "
-            f"{self.global_step}); the last good weights are in {path}. Lower optim.lr, enable "
-            "trainer.gradient_clip_val, or check the data for degenerate boxes."
-        )
 
     def on_train_start(self) -> None:
         self._train_start = time.perf_counter()

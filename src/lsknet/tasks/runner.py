@@ -4,14 +4,16 @@ One run = one folder (printed at the start and at the end)::
 
     <run_dir>/config.yaml            the full resolved configuration
     <run_dir>/checkpoints/best.ckpt  best by ``trainer.monitor`` (``trainer.mode`` max|min)
-    <run_dir>/checkpoints/last.ckpt  end of the latest epoch (what ``--resume`` continues from)
+    <run_dir>/checkpoints/last.ckpt  every ``checkpoint.every_n_steps`` steps (or ``every_n_minutes``) and epoch end;
+                                     what ``--resume`` continues from, in this same folder (see tasks/resume.py)
     <run_dir>/logs/csv/metrics.csv   CSVLogger;  <run_dir>/logs/tensorboard/  TensorBoardLogger
     <run_dir>/metrics.json           final metrics: a validation pass with the best checkpoint
     ... plus the task's own files (classification: val_confusion_matrix.{csv,png}, val_metrics.json)
 
 The ``trainer`` section is passed to :class:`lightning.pytorch.Trainer` except these runner keys:
 ``monitor`` (metric name, e.g. ``val/acc``), ``mode`` (``max``/``min``), ``save_top_k`` (default 1),
-``progress_refresh_rate`` (default 10), ``tensorboard`` (default true). A top-level ``ema`` section enables
+``progress_refresh_rate`` (default 10), ``tensorboard`` (default true), ``nan_patience`` (consecutive non-finite
+losses skipped, on all processes together, before training stops; default 5). A top-level ``ema`` section enables
 :class:`lsknet.tasks.ema.EMACallback`. Unknown trainer keys are a :class:`~lsknet.errors.ConfigError`.
 
 Multi-process (DDP): set ``trainer.strategy=ddp trainer.devices=N [trainer.num_nodes=M]``. Either let Lightning
@@ -47,17 +49,19 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lsknet.config import apply_overrides, dump_config
+from lsknet.data.dota import check_file_name
 from lsknet.errors import CheckpointError, ConfigError
 from lsknet.evaluation.classification import write_json
 from lsknet.tasks import get_task
 from lsknet.tasks.ema import EMACallback
+from lsknet.tasks.resume import AppendingCSVLogger, AtomicCheckpointIO, ResumeStateCallback, periodic_checkpoint
 
 log = logging.getLogger(__name__)
 
-RUNNER_KEYS = ("monitor", "mode", "save_top_k", "progress_refresh_rate", "tensorboard")
+RUNNER_KEYS = ("monitor", "mode", "save_top_k", "progress_refresh_rate", "tensorboard", "nan_patience")
 _RUN_DIR_ENV = "LSKNET_RUN_DIR"  # "<pid>:<path>": passed to the processes Lightning's DDP launcher starts
 
 
@@ -112,7 +116,7 @@ def resolve_run_dir(cfg: dict[str, Any], kind: str = "") -> Path:
         pid, _, path = inherited.partition(":")
         if pid != str(os.getpid()):  # we were started by Lightning's launcher from the process that chose it
             return Path(path)
-    name = str(cfg.get("name") or cfg.get("task") or "run")
+    name = check_file_name(str(cfg.get("name") or cfg.get("task") or "run"), "run name (config 'name')")
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
     if world > 1 or slurm_tasks > 1:
@@ -134,6 +138,17 @@ def resolve_run_dir(cfg: dict[str, Any], kind: str = "") -> Path:
             path, n = Path(f"{base}-{n}"), n + 1
     os.environ[_RUN_DIR_ENV] = f"{os.getpid()}:{path}"
     return path
+
+
+def resume_run_dir(checkpoint_path: str | Path) -> Path | None:
+    """The run folder a checkpoint belongs to (``RUN/checkpoints/x.ckpt`` -> ``RUN``): a resumed run continues
+    there (config rewritten, CSV/TensorBoard logs appended, metrics.json replaced). A checkpoint outside a run
+    folder (None here) resumes into a new folder."""
+    path = Path(checkpoint_path)
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        os.environ[_RUN_DIR_ENV] = f"{os.getpid()}:{path.parent.parent}"
+        return path.parent.parent
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -159,7 +174,7 @@ def _torchelastic_defaults(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def trainer_kwargs(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
     """The config's ``trainer`` section minus runner keys and nulls, checked against ``Trainer``'s arguments."""
-    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger", "plugins"}
     kwargs = {}
     for key, value in _torchelastic_defaults(trainer_cfg).items():
         if key in RUNNER_KEYS or value is None:
@@ -195,7 +210,7 @@ def build_trainer(
     callbacks: list[Callback] = list(extra_callbacks or [])
     if kwargs.get("enable_progress_bar", True):
         callbacks.append(_ProgressBar(refresh_rate=int(trainer_cfg.get("progress_refresh_rate") or 10)))
-    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version="csv" if training else "eval_csv")]
+    loggers: list[Any] = [AppendingCSVLogger(run_dir, name="logs", version="csv" if training else "eval_csv")]
     if training:
         monitor = trainer_cfg.get("monitor")
         mode = str(trainer_cfg.get("mode") or "max")
@@ -210,8 +225,13 @@ def build_trainer(
                 save_top_k=int(trainer_cfg.get("save_top_k", 1)) if monitor else 0,
                 save_last=True,
                 auto_insert_metric_name=False,
+                enable_version_counter=False,  # a resumed run rewrites best.ckpt / last.ckpt in its own folder
             )
         )
+        periodic = periodic_checkpoint(cfg, run_dir / "checkpoints")
+        if periodic is not None:
+            callbacks.append(periodic)
+        callbacks.append(ResumeStateCallback())
         ema = EMACallback.from_config(cfg.get("ema"))
         if ema is not None:
             callbacks.append(ema)
@@ -222,7 +242,13 @@ def build_trainer(
         kwargs["max_epochs"] = kwargs.get("max_epochs", 1)
     kwargs.setdefault("enable_model_summary", training)
     try:
-        return L.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers, **kwargs)
+        return L.Trainer(
+            default_root_dir=str(run_dir),
+            callbacks=callbacks,
+            logger=loggers,
+            plugins=[AtomicCheckpointIO()],
+            **kwargs,
+        )
     except (ValueError, TypeError) as err:  # Lightning's own argument checks (e.g. devices=3 on a 2-GPU box)
         raise ConfigError(f"bad trainer settings: {err}") from None
     except Exception as err:
@@ -258,7 +284,8 @@ def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {str(err).splitlines()[0]}") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]  # EOFError() of an empty file has no text
+        raise CheckpointError(f"{path}: cannot read checkpoint: {first}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     return checkpoint
@@ -373,7 +400,8 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None) -> RunResult:
             )
     L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
     task = get_task(cfg["task"])
-    run_dir = resolve_run_dir(cfg)
+    continued = resume_run_dir(resume) if resume is not None and not cfg.get("run_dir") else None
+    run_dir = continued or resolve_run_dir(cfg)
     module, datamodule = task.build(cfg)
     if resume is not None:
         check_state_dict_fits(module, read_lightning_checkpoint(resume)["state_dict"], str(resume))

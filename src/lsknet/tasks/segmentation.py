@@ -258,6 +258,8 @@ class SegmentationTask(TaskModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits, aux = self.model.forward_with_aux(batch["image"])
         parts = self.criterion(logits, batch["mask"], aux)
+        if self.skip_non_finite(parts["loss"], parts):
+            return self.skipped_loss()
         n = len(batch["mask"])
         self.log("train/loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=True, sync_dist=True, batch_size=n)
         for key in ("loss_ce", "loss_dice", "loss_aux"):
