@@ -135,13 +135,16 @@ def test_nan_losses_are_skipped_then_training_stops_with_a_checkpoint(tiny_data,
     assert (tmp_path / "run" / "checkpoints" / "diverged.ckpt").is_file()
 
 
-def test_time_budget_stops_training_and_anneals_the_lr(tiny_data, tmp_path):
-    cfg = _cfg(tiny_data, tmp_path, **{"trainer.max_steps": 1000, "detect.time_budget_s": 3.0})
-    cfg["optim"].update(schedule="constant", min_lr_ratio=0.0)
+def test_demo_time_budget_callback_stops_training_and_anneals_the_lr(tiny_data, tmp_path):
+    from lsknet.tasks.detection_demo import TimeBudget
+
+    cfg = _cfg(tiny_data, tmp_path, **{"trainer.max_steps": 1000})
+    cfg["optim"].update(schedule="constant", min_lr_ratio=0.0, warmup_iters=0)
     cfg["data"]["val_root"] = None
     cfg["trainer"]["monitor"] = None
-    result = runner.train(cfg)
+    budget = TimeBudget(3.0)
+    result = runner.train(cfg, callbacks=[budget])
     steps = result.metrics["global_step"]
     assert 1 <= steps < 1000
-    # the factor of the last step: warmup done, past the middle of the cosine over the elapsed time
-    assert result.module.budget_lr_factor < 0.5 * (1 + math.cos(math.pi * 0.5))
+    # the factor of the last step: past the middle of the cosine over the elapsed time
+    assert budget.factor < 0.5 * (1 + math.cos(math.pi * 0.5))

@@ -33,7 +33,6 @@ def test_overfits_a_few_generated_images(tmp_path):
             "data.image_size=192",
             "data.augment.flip=false",
             f"run_dir={tmp_path / 'run'}",
-            "detect.time_budget_s=null",
             "trainer.max_steps=300",
             "trainer.enable_progress_bar=false",
             "optim.schedule=cosine",

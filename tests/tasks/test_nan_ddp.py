@@ -34,7 +34,16 @@ def nan_on_rank1(self, images):
     return logits
 
 classification.SceneClassifier.forward = nan_on_rank1
-REPORT_EXTRA = lambda: {"batches": len(batches_seen)}
+from lsknet.tasks import base
+errors = []
+init_error = base.TrainingDiverged.__init__
+
+def record_error(self, *args):
+    errors.append(str(args[0]))
+    init_error(self, *args)
+
+base.TrainingDiverged.__init__ = record_error
+REPORT_EXTRA = lambda: {"batches": len(batches_seen), "errors": errors}
 """
 
 
@@ -84,9 +93,9 @@ def test_nan_patience_stops_every_rank_with_one_message_and_a_checkpoint(scenes,
     reports = _two_ranks(tmp_path, scenes, [2, 3, 4, 5], "trainer.nan_patience=3")
     assert [r["code"] for r in reports] == [2, 2]
     assert [r["batches"] for r in reports] == [5, 5]  # batches 2, 3, 4 skipped, then both stop
-    errors = [line for line in reports[0]["stderr"].splitlines() if "error: training stopped" in line]
-    assert len(errors) == 2 and errors[0].split("error:")[1] == errors[1].split("error:")[1]
-    assert "3 consecutive steps" in errors[0]
+    assert len(reports[0]["errors"]) == 1 and reports[0]["errors"] == reports[1]["errors"]  # the same message
+    assert "3 consecutive steps" in reports[0]["errors"][0]
+    assert f"lsknet train: error: {reports[0]['errors'][0]}" in reports[0]["stderr"]  # printed as one line
     assert (tmp_path / "run" / "checkpoints" / "diverged.ckpt").is_file()
 
 

@@ -29,7 +29,6 @@ Images enter the model as RGB 0..255 (the dataset's 0..1 images are scaled). Log
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from pathlib import Path
@@ -186,36 +185,6 @@ class OrientedDetector(TaskModule):
         for key, value in losses.items():
             self.log(f"train/{key}", value.detach(), on_step=True, on_epoch=False, batch_size=n)
         return loss
-
-    def on_train_start(self) -> None:
-        self._train_start = time.perf_counter()
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        """With ``detect.time_budget_s`` set (the demo), training stops when the budget is spent and the learning
-        rate follows warmup (``optim.warmup_iters`` steps) then a cosine over the *elapsed fraction* of the
-        budget, so the schedule completes whatever the machine's speed."""
-        budget = (self.config.get("detect") or {}).get("time_budget_s")
-        if not budget:
-            return None
-        start = getattr(self, "_train_start", None)
-        if start is None:
-            start = self._train_start = time.perf_counter()
-        fraction = (time.perf_counter() - start) / float(budget)
-        if fraction >= 1.0:
-            self.trainer.should_stop = True
-            return -1
-        optim_cfg = self.config.get("optim") or {}
-        warmup = int(optim_cfg.get("warmup_iters", 0))
-        ratio = float(optim_cfg.get("warmup_ratio", 1.0 / 3.0))
-        floor = float(optim_cfg.get("min_lr_ratio", 0.0))
-        factor = 1.0 if self.global_step >= warmup else ratio + (1.0 - ratio) * self.global_step / warmup
-        factor *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * fraction))
-        self.budget_lr_factor = factor
-        optimizers = self.optimizers()
-        for opt in optimizers if isinstance(optimizers, list) else [optimizers]:
-            for group in opt.param_groups:
-                group["lr"] = group.get("initial_lr", group["lr"]) * factor
-        return None
 
     def on_train_epoch_end(self) -> None:
         if self._dropped_small:

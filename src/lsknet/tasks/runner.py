@@ -387,10 +387,13 @@ def _load_onnx_module(
 # runs
 
 
-def train(cfg: dict[str, Any], resume: str | Path | None = None) -> RunResult:
+def train(
+    cfg: dict[str, Any], resume: str | Path | None = None, callbacks: list[Callback] | None = None
+) -> RunResult:
     """Fit the task described by ``cfg`` (optionally resuming a ``last.ckpt``), then validate the best checkpoint.
 
-    Writes the run folder described in the module docstring and returns a :class:`RunResult`.
+    ``callbacks`` are added to the trainer's (e.g. the demo's time budget). Writes the run folder described in the
+    module docstring and returns a :class:`RunResult`.
     """
     if resume is not None:
         stored = checkpoint_config(resume)  # validates the file before any work
@@ -405,7 +408,7 @@ def train(cfg: dict[str, Any], resume: str | Path | None = None) -> RunResult:
     module, datamodule = task.build(cfg)
     if resume is not None:
         check_state_dict_fits(module, read_lightning_checkpoint(resume)["state_dict"], str(resume))
-    trainer = build_trainer(cfg, run_dir, training=True)
+    trainer = build_trainer(cfg, run_dir, training=True, extra_callbacks=callbacks)
     if trainer.is_global_zero:
         _save_config(getattr(module, "config", cfg), run_dir)
     _say(f"lsknet: run folder {run_dir}")
