@@ -153,10 +153,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_training_checkpoint(path: str) -> bool:
+    """True for an lsknet training checkpoint (stored run config); False for other files (e.g. MMRotate detectors).
+    Only the metadata is read (tensors memory-mapped)."""
+    from lsknet.models.checkpoint import load_checkpoint_file
+
+    obj = load_checkpoint_file(path, mmap=True)
+    return isinstance(obj, dict) and isinstance((obj.get("hyper_parameters") or {}).get("config"), dict)
+
+
+def _predict_foreign_detector(args: argparse.Namespace, options: dict[str, Any]) -> dict[str, Any]:
+    """``lsknet predict`` with a detector checkpoint that is not an lsknet training checkpoint (MMRotate layout)."""
+    from lsknet.inference.predictor import Predictor
+    from lsknet.tasks.detection import predict_files
+
+    if args.overrides:
+        raise ConfigError(f"{args.checkpoint}: holds no run config, so --set overrides do not apply")
+    predictor = Predictor.from_checkpoint(args.checkpoint, classes=args.classes)
+    out = Path(args.out) if args.out else Path("runs") / "predict" / time.strftime("predict-%Y%m%d-%H%M%S")
+    return predict_files(predictor, list(args.sources), out, **_accepted(predict_files, options))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from lsknet.tasks import runner
 
-    module, _, cfg = runner.load_module(args.checkpoint, list(args.overrides), build_data=False)
     options: dict[str, Any] = {}
     if args.topk is not None:
         options["topk"] = args.topk
@@ -167,13 +187,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     if args.skip_existing:
         options["skip_existing"] = True
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / str(cfg.get("name", cfg["task"])) / time.strftime("predict-%Y%m%d-%H%M%S")
-    )
-    predict = _task_module(cfg["task"]).predict
-    result = predict(module, list(args.sources), out, **_accepted(predict, options))
+    if not _is_training_checkpoint(args.checkpoint):
+        result = _predict_foreign_detector(args, options)
+    else:
+        module, _, cfg = runner.load_module(args.checkpoint, list(args.overrides), build_data=False)
+        out = (
+            Path(args.out)
+            if args.out
+            else Path("runs") / str(cfg.get("name", cfg["task"])) / time.strftime("predict-%Y%m%d-%H%M%S")
+        )
+        predict = _task_module(cfg["task"]).predict
+        result = predict(module, list(args.sources), out, **_accepted(predict, options))
     for key, value in result.items():
         if isinstance(value, (list, tuple)):
             value = len(value)
@@ -228,7 +252,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval, command_parser=p)
 
     p = subparsers.add_parser("predict", help="run a trained checkpoint on images or folders")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="an lsknet training checkpoint (.ckpt)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="CKPT",
+        help="an lsknet training checkpoint (.ckpt) or an MMRotate LSKNet detector checkpoint (.pth)",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="class names of an MMRotate detector checkpoint (list name such as dota1.0 or a file; "
+        "default: the names stored in the file, else dota1.0)",
+    )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files or folders (searched recursively)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<name>/predict-<time>)")
     p.add_argument("--topk", type=int, default=None, help="classification: how many classes per image (default 5)")

@@ -172,6 +172,20 @@ def list_image_sources(sources: Iterable[Any]) -> list[Any]:
     return items
 
 
+def _detector_variant(obj: Any) -> str:
+    """``lsknet_t`` or ``lsknet_s`` from the width of a detector checkpoint's first conv (32 / 64 channels)."""
+    from lsknet.models.backbone import LSKNET_ARCHS
+    from lsknet.models.checkpoint import normalize_state_dict, unwrap_checkpoint
+
+    state = normalize_state_dict(unwrap_checkpoint(obj, use_ema=False), prefix="")
+    weight = state.get("backbone.patch_embed1.proj.weight")
+    width = int(weight.shape[0]) if weight is not None else None
+    for name, arch in LSKNET_ARCHS.items():
+        if width == arch["embed_dims"][0]:
+            return name
+    return "lsknet_t"
+
+
 class Predictor:
     """Runs an :class:`~lsknet.models.oriented_rcnn.OrientedRCNN` on images of any size.
 
@@ -228,15 +242,16 @@ class Predictor:
         cls,
         path: str | Path,
         classes: Sequence[str] | str | None = None,
-        variant: str = "lsknet_t",
+        variant: str | None = None,
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> Predictor:
         """A predictor from an lsknet training checkpoint (``.ckpt``: config, classes and tile size stored), an
         ``lsknet export`` ONNX file (``.onnx``: run by onnxruntime, classes stored) or an MMRotate detector
-        checkpoint (give ``variant`` and ``classes``; default DOTA-v1.0 classes, or the ``meta.CLASSES`` stored in
-        the file)."""
+        checkpoint (``classes``: default the ``meta.CLASSES`` stored in the file, else DOTA-v1.0; ``variant``:
+        default read from the file's first conv, ``lsknet_t`` or ``lsknet_s``)."""
         from lsknet.data.dota import get_classes
+        from lsknet.models.checkpoint import load_checkpoint_file
         from lsknet.models.oriented_rcnn import build_oriented_rcnn, detector_from_config, load_detector_checkpoint
 
         path = Path(path)
@@ -253,10 +268,7 @@ class Predictor:
             data_cfg = config.get("data") or {}
             kwargs.setdefault("tile_size", int(data_cfg.get("tile_size") or data_cfg.get("image_size") or 1024))
             return cls(runtime, names, **kwargs)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from None
+        obj = load_checkpoint_file(path)
         config = (obj.get("hyper_parameters") or {}).get("config") if isinstance(obj, dict) else None
         if isinstance(config, dict) and config.get("task") == "detect":
             names = tuple(classes) if classes is not None else tuple(config["data"]["classes"])
@@ -269,7 +281,7 @@ class Predictor:
             meta = obj.get("meta") if isinstance(obj, dict) else None
             stored = meta.get("CLASSES") if isinstance(meta, dict) else None
             names = get_classes(classes if classes is not None else (stored or "dota1.0"))
-            model = build_oriented_rcnn(variant, num_classes=len(names))
+            model = build_oriented_rcnn(variant or _detector_variant(obj), num_classes=len(names))
             load_detector_checkpoint(model, obj)
         return cls(model, names, device=device, **kwargs)
 

@@ -28,8 +28,8 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lsknet.errors import ConfigError
-from lsknet.models.checkpoint import match_state_dict, normalize_state_dict, unwrap_checkpoint
+from lsknet.errors import CheckpointError, ConfigError
+from lsknet.models.checkpoint import match_state_dict, normalize_state_dict, read_checkpoint, unwrap_checkpoint
 
 __all__ = [
     "LSKNET_ARCHS",
@@ -455,7 +455,34 @@ def checkpoint_filter_fn(state_dict: dict, model: LSKNet) -> dict[str, Tensor]:
     return out
 
 
+def _pretrained_weights(variant: str, kwargs: dict) -> None:
+    """``pretrained=True``: lsknet downloads nothing, so the weights must come as ``pretrained_cfg_overlay=dict(file=
+    PATH)`` (or ``state_dict=...``). A file is read here with lsknet's safe reader (hash prefix checked, MMCV/timm
+    metadata allowed) and handed to timm as a state dict; without one, a :class:`CheckpointError` says how to pass it.
+    """
+    from lsknet.models.official import official_weights_for
+
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
+    cfg = kwargs.get("pretrained_cfg")
+    file = overlay.get("file") or (cfg.get("file") if isinstance(cfg, dict) else None)
+    if overlay.get("state_dict") is None and not file:
+        where = "; ".join(f"{w.file} from {w.url}" for w in official_weights_for(variant)[:1])
+        raise CheckpointError(
+            f"{variant}: pretrained=True needs the official weights file, which lsknet does not download: "
+            f'pass timm.create_model("{variant}", pretrained=True, pretrained_cfg_overlay=dict(file=PATH)) or '
+            f'lsknet.create_model("{variant}", checkpoint=PATH) (download: {where})'
+        )
+    if file:
+        overlay.pop("file", None)
+        overlay["state_dict"] = read_checkpoint(file)
+        kwargs["pretrained_cfg_overlay"] = overlay
+        if isinstance(cfg, dict):
+            kwargs["pretrained_cfg"] = {k: v for k, v in cfg.items() if k != "file"}
+
+
 def _create_lsknet(variant: str, pretrained: bool = False, **kwargs) -> LSKNet:
+    if pretrained:
+        _pretrained_weights(variant, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     args = dict(LSKNET_ARCHS[variant], **kwargs)
     return build_model_with_cfg(

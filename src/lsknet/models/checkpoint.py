@@ -13,6 +13,11 @@ EMA: like timm, ``state_dict_ema`` (or ``model_ema``) is preferred when present 
 so ``lsknet.create_model(..., checkpoint=PATH)`` and ``timm.create_model(..., pretrained_cfg_overlay=dict(file=PATH))``
 load the very same tensors. Pass ``use_ema=False`` for the raw weights.
 
+Every file lsknet reads (backbone, detector, segmenter, Lightning ``.ckpt``, MMRotate, timm, GeoSeg) goes through
+:func:`load_checkpoint_file`: one ``torch.load(weights_only=True)`` with one list of allowed plain-data globals (NumPy
+scalars, ``argparse.Namespace``), and a SHA-256 check when the file name carries a hash prefix
+(``lsk_t_backbone-2ef8a593.pth``: the first 8 hex digits of the file's SHA-256, the torch hub / OpenMMLab convention).
+
 Loading is strict for the backbone: a missing key, a shape mismatch (e.g. an LSKNet-T file into an LSKNet-S model)
 raises :class:`~lsknet.errors.CheckpointError` naming the keys. The classifier ``head`` is loaded when its shape
 matches the model's, otherwise skipped and reported (fine-tuning to a new number of classes).
@@ -21,8 +26,11 @@ matches the model's, otherwise skipped and reported (fine-tuning to a new number
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +42,11 @@ from lsknet.errors import CheckpointError
 
 __all__ = [
     "LoadReport",
+    "check_state_dict",
     "load_backbone_weights",
+    "load_checkpoint_file",
+    "load_state_dict_checked",
+    "verify_hash_prefix",
     "normalize_state_dict",
     "read_checkpoint",
     "unwrap_checkpoint",
@@ -120,23 +132,68 @@ def _data_only_globals() -> list:
     return allowed
 
 
-def read_checkpoint(path: str | Path, *, use_ema: bool = True, prefix: str | None = None) -> dict[str, Tensor]:
-    """Read a checkpoint file into a clean backbone state dict (un-nested, wrapper and ``backbone.`` prefixes gone).
+# ``name-<hex>.ext``: torch hub / OpenMMLab files carry the first hex digits of their SHA-256 (8 or more). At least one
+# letter a-f is required so that dates and counters (``run-20241130.pth``) are not mistaken for hashes.
+_HASH_RE = re.compile(r"-(?=[0-9]*[a-f])([0-9a-f]{8,64})\.[A-Za-z0-9.]+$")
 
-    Raises :class:`CheckpointError` when the file is missing, unreadable, not a weights-only pickle, or holds no
-    weights.
+
+def verify_hash_prefix(path: str | Path) -> str | None:
+    """Check a file whose name carries a SHA-256 prefix (``lsk_t_backbone-2ef8a593.pth``); return the prefix or None.
+
+    Raises :class:`CheckpointError` when the file's SHA-256 does not start with it (a truncated download, another
+    file renamed): the message gives both digests. Names without such a suffix are not checked.
+    """
+    path = Path(path)
+    match = _HASH_RE.search(path.name)
+    if match is None:
+        return None
+    prefix = match.group(1)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    if not actual.startswith(prefix):
+        raise CheckpointError(
+            f"{path}: SHA-256 mismatch: the file name says it starts with {prefix} but it is "
+            f"{actual[: len(prefix)]}... (full {actual}); "
+            "the download is incomplete or this is another file; download it again"
+        )
+    return prefix
+
+
+def load_checkpoint_file(path: str | Path, *, mmap: bool = False) -> object:
+    """The one way lsknet reads a checkpoint file: ``torch.load(..., weights_only=True)`` on the CPU with the
+    plain-data globals real checkpoints carry (NumPy scalars in MMCV ``meta``, ``argparse.Namespace`` in timm ``args``)
+    allowed, after :func:`verify_hash_prefix`. Returns the loaded object unchanged (any layout).
+
+    Raises :class:`CheckpointError` when the file is missing, fails its hash check, is unreadable or would need to run
+    code to unpickle. ``mmap=True`` maps the tensors instead of reading them (cheap look at the metadata; files in
+    the legacy non-zip format are read whole).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    verify_hash_prefix(path)
     try:
         with torch.serialization.safe_globals(_data_only_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if mmap and zipfile.is_zipfile(path):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: refused to unpickle (weights_only=True): {first}") from err
     except Exception as err:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {first}") from err
+
+
+def read_checkpoint(path: str | Path, *, use_ema: bool = True, prefix: str | None = None) -> dict[str, Tensor]:
+    """Read a checkpoint file into a clean backbone state dict (un-nested, wrapper and ``backbone.`` prefixes gone).
+
+    Raises :class:`CheckpointError` as :func:`load_checkpoint_file` does, or when the file holds no weights.
+    """
+    obj = load_checkpoint_file(path)
     return normalize_state_dict(unwrap_checkpoint(obj, use_ema=use_ema, source=str(path)), prefix=prefix)
 
 
@@ -158,13 +215,13 @@ def _short(keys: list[str], n: int = 6) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_state_dict_checked(
+def check_state_dict(
     model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str, what: str, strict: bool = True, hint: str = ""
 ) -> None:
-    """Load a whole-model ``state_dict`` into ``model``; raise :class:`CheckpointError` naming the keys when it does
-    not fit: shape mismatches always, missing and unexpected keys when ``strict``. ``what`` names the model in the
-    message; ``hint`` is appended to it (e.g. which setting to check). A ``backbone.*`` shape mismatch adds a
-    wrong-variant hint."""
+    """The one fit report: raise :class:`CheckpointError` naming the keys when ``state_dict`` does not fit ``model``:
+    shape mismatches always, missing and unexpected keys when ``strict``. ``what`` names the model in the message;
+    ``hint`` is appended to it (e.g. which setting to check). A ``backbone.*`` shape mismatch adds a wrong-variant
+    hint."""
     target = model.state_dict()
     mismatched = [
         f"{k} (checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)})"
@@ -183,6 +240,13 @@ def load_state_dict_checked(
         problems.append(f"{len(unexpected)} unexpected key(s): {_short(unexpected)}")
     if problems:
         raise CheckpointError(f"{source}: does not fit {what}: " + "; ".join(problems) + (f" {hint}" if hint else ""))
+
+
+def load_state_dict_checked(
+    model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str, what: str, strict: bool = True, hint: str = ""
+) -> None:
+    """:func:`check_state_dict`, then load ``state_dict`` into ``model``."""
+    check_state_dict(model, state_dict, source=source, what=what, strict=strict, hint=hint)
     model.load_state_dict(dict(state_dict), strict=strict)
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsknet.errors import CheckpointError, ConfigError
-from lsknet.models.checkpoint import load_state_dict_checked
+from lsknet.models.checkpoint import load_state_dict_checked, normalize_state_dict
 from lsknet.models.fpn import FPN
 from lsknet.models.roi_head import OrientedRoIHead, RoITestConfig
 from lsknet.models.rpn import AnchorGenerator, OrientedRPNHead, ProposalConfig
@@ -337,17 +337,10 @@ def detector_from_config(model_cfg: Mapping[str, Any], num_classes: int, load_ch
 
 
 def _read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    from lsknet.models.checkpoint import unwrap_checkpoint
+    from lsknet.models.checkpoint import load_checkpoint_file, unwrap_checkpoint
 
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling refused, truncated file, not a torch file
-            raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {err}") from err
-        return unwrap_checkpoint(obj, use_ema=False, source=str(path)), str(path)
+        return unwrap_checkpoint(load_checkpoint_file(source), use_ema=False, source=str(source)), str(source)
     return unwrap_checkpoint(source, use_ema=False, source="state dict"), "state dict"
 
 
@@ -357,16 +350,16 @@ def load_detector_checkpoint(
     """Load an MMRotate 0.x LSKNet detector checkpoint (``{"meta", "state_dict"}``), a plain state dict, or a
     Lightning checkpoint of this project (``model.`` prefix) into ``model``.
 
-    ``ema_*`` entries (MMDetection's EMA hook buffers) are ignored with a log note; ``module.`` prefixes are
-    removed. A checkpoint for a different number of classes, a different backbone variant, missing or unexpected
+    ``ema_*`` entries (MMDetection's EMA hook buffers) are ignored with a log note: that hook swaps the EMA weights into
+    the model before each checkpoint is saved, so the plain keys of an official EMA checkpoint (LSKNet-S*) already
+    hold the EMA weights and the ``ema_*`` buffers the raw training weights. ``module.`` prefixes are removed.
+    A checkpoint for a different number of classes, a different backbone variant, missing or unexpected
     keys raise :class:`CheckpointError` naming them. Returns ``{"loaded": [...], "ignored": [...]}``.
     """
     state, source = _read_state_dict(checkpoint)
     cleaned: dict[str, torch.Tensor] = {}
     ignored = []
-    for key, value in state.items():
-        for wrapper in ("module.", "_orig_mod."):
-            key = key.removeprefix(wrapper)
+    for key, value in normalize_state_dict(state, prefix="").items():
         if key.startswith("ema_"):
             ignored.append(key)
             continue
@@ -374,7 +367,12 @@ def load_detector_checkpoint(
     if cleaned and all(k.startswith("model.") for k in cleaned):
         cleaned = {k.removeprefix("model."): v for k, v in cleaned.items()}
     if ignored:
-        _log.info("%s: ignored %d EMA buffer(s) (ema_*); the raw weights are loaded", source, len(ignored))
+        _log.info(
+            "%s: loaded the plain keys, which hold the EMA weights (MMDetection's EMA hook swaps them in before "
+            "saving); ignored %d ema_* buffer(s) holding the raw training weights",
+            source,
+            len(ignored),
+        )
     target = model.state_dict()
     cls_key = "roi_head.bbox_head.fc_cls.weight"
     if cls_key in cleaned and cleaned[cls_key].shape != target[cls_key].shape:

@@ -303,20 +303,40 @@ def predict(
 
     Unreadable images are skipped with a :class:`DataSkipWarning` and counted (``strict``, default
     ``data.strict``: an error instead)."""
+    if strict is None:
+        strict = bool((module.config.get("data") or {}).get("strict", False))
+    predictor = make_predictor(module, tile_size=tile_size, overlap=overlap, batch_size=batch_size, score_thr=score_thr)
+    module.eval()
+    return predict_files(
+        predictor, sources, out_dir, draw_score_thr=draw_score_thr, strict=strict, progress=progress, bands=bands,
+        scale=scale, formats=formats, skip_existing=skip_existing,
+    )  # fmt: skip
+
+
+def predict_files(
+    predictor: Predictor,
+    sources: list[str | Path],
+    out_dir: Path,
+    draw_score_thr: float = 0.3,
+    strict: bool = False,
+    progress: bool = True,
+    bands: str | list[int] | None = None,
+    scale: str | tuple[float, float] | None = None,
+    formats: str | list[str] | None = None,
+    skip_existing: bool = False,
+) -> dict[str, Any]:
+    """Run a :class:`Predictor` over images / folders / rasters and write the files of :func:`predict` (which builds
+    the predictor from a trained module; ``lsknet predict`` with an MMRotate detector file builds it from the file)."""
     from lsknet.inference.geotiff import is_raster_file, parse_bands, parse_scale
     from lsknet.inference.scenes import detection_features, distributed_context, predict_scenes, scene_dir
     from lsknet.inference.vectors import write_vectors
 
-    if strict is None:
-        strict = bool((module.config.get("data") or {}).get("strict", False))
     known = ("task1", "json", "png", "geojson", "gpkg", "shp")
     wanted = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats or [])
     unknown = [f for f in wanted if f not in known]
     if unknown:
         raise ConfigError(f"--format: unknown {', '.join(unknown)}; expected a comma list of {', '.join(known)}")
     fmt = wanted or ["task1", "json", "png", "geojson", "gpkg"]
-    predictor = make_predictor(module, tile_size=tile_size, overlap=overlap, batch_size=batch_size, score_thr=score_thr)
-    module.eval()
     ctx = distributed_context()
     start = time.perf_counter()
     items = list_image_sources(sources)

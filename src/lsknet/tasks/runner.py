@@ -55,6 +55,7 @@ from lsknet.config import apply_overrides, dump_config
 from lsknet.data.dota import check_file_name
 from lsknet.errors import CheckpointError, ConfigError
 from lsknet.evaluation.classification import write_json
+from lsknet.models.checkpoint import check_state_dict, load_checkpoint_file
 from lsknet.tasks import get_task
 from lsknet.tasks.ema import EMACallback
 from lsknet.tasks.resume import AppendingCSVLogger, AtomicCheckpointIO, ResumeStateCallback, periodic_checkpoint
@@ -277,15 +278,9 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` a Lightning checkpoint safely (``weights_only=True``); CheckpointError if missing/unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]  # EOFError() of an empty file has no text
-        raise CheckpointError(f"{path}: cannot read checkpoint: {first}") from None
+    """Read a Lightning checkpoint with the one safe reader (:func:`~lsknet.models.checkpoint.load_checkpoint_file`);
+    CheckpointError if missing, unreadable or without ``state_dict``."""
+    checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     return checkpoint
@@ -305,27 +300,12 @@ def checkpoint_config(path: str | Path, checkpoint: dict[str, Any] | None = None
 
 def check_state_dict_fits(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """CheckpointError naming missing / unexpected / mis-shaped keys (e.g. an lsknet_s checkpoint for lsknet_t);
-    a task may first reject a known old layout with a specific message (``module.check_checkpoint``)."""
+    the fit check of :func:`~lsknet.models.checkpoint.load_state_dict_checked`, without loading. A task may first
+    reject a known old layout with a specific message (``module.check_checkpoint``)."""
     if hasattr(module, "check_checkpoint"):
         module.check_checkpoint(state_dict, source)
-    target = module.state_dict()
-    mismatched = [
-        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
-        for k, v in state_dict.items()
-        if k in target and tuple(v.shape) != tuple(target[k].shape)
-    ]
-    missing = sorted(set(target) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(target))
-    problems = []
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched[:3])}")
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:4])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:4])}")
-    if problems:
-        name = getattr(module, "config", {}).get("model", {}).get("name", type(module).__name__)
-        raise CheckpointError(f"{source}: does not fit model {name} (wrong variant or task?): " + "; ".join(problems))
+    name = getattr(module, "config", {}).get("model", {}).get("name", type(module).__name__)
+    check_state_dict(module, state_dict, source=source, what=f"model {name}", hint="(wrong variant or task?)")
 
 
 # ``model`` keys naming weights a run starts from (not needed to rebuild a trained checkpoint).
