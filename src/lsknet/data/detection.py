@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from lsknet.data.detection_transforms import (
@@ -46,6 +45,7 @@ from lsknet.data.detection_transforms import (
     vflip,
 )
 from lsknet.data.dota import SkipReport, get_classes, pair_images_and_labels, read_labeltxt
+from lsknet.data.imageio import load_rgb
 from lsknet.errors import DatasetFormatError
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,13 @@ def collate_detection(batch: Sequence[Sample]) -> dict:
 
 
 def read_image(path: str | Path, image_hook: Callable | None = None) -> torch.Tensor:
-    """RGB image file -> float32 (3, H, W) in [0, 1]; raises :class:`DatasetFormatError` if undecodable.
-    ``image_hook`` maps the decoded (H, W, 3) uint8 array first (e.g. a corruption)."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DatasetFormatError(f"{path}: cannot decode image ({err})") from err
+    """Image file -> float32 RGB (3, H, W) in [0, 1] (:func:`lsknet.data.imageio.load_rgb`: the decoder and 8-bit
+    scaling rule the predictor uses too); raises :class:`DatasetFormatError` if undecodable. ``image_hook`` maps
+    the decoded (H, W, 3) uint8 array first (e.g. a corruption)."""
+    arr = load_rgb(path)
     if image_hook is not None:
-        arr = image_hook(arr)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        arr = np.ascontiguousarray(image_hook(arr))
+    return torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(255.0)
 
 
 class DOTADetectionDataset(Dataset):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lsknet.data.imageio import IMAGE_EXTENSIONS
 from lsknet.errors import DatasetFormatError, DataSkipWarning
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ CLASS_LISTS: dict[str, tuple[str, ...]] = {
 }
 _CLASS_ALIASES = {"dota": "dota1.0", "dota1": "dota1.0", "dota10": "dota1.0", "dota15": "dota1.5", "dota2": "dota2.0"}
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def get_classes(spec: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -19,8 +19,8 @@ Image decoding (:func:`load_image`) always returns an ``(H, W, 3)`` ``uint8`` ar
   divides by the type's maximum (65535 for 16-bit, so 65535 -> 255). Float images always use the stretch.
 - more than 4 channels (multispectral) is a :class:`~lsknet.errors.DatasetFormatError`.
 
-TIFFs that Pillow cannot read (16-bit multi-band, float) are read with ``rasterio`` when it is installed
-(``pip install lsknet[geo]``).
+Decoding, bit depth and channels follow :mod:`lsknet.data.imageio`, the one decoder of all tasks (TIFFs that
+Pillow cannot read go through ``rasterio`` when installed: ``pip install lsknet[geo]``).
 """
 
 from __future__ import annotations
@@ -34,121 +34,36 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from lsknet.data.imageio import IMAGE_EXTENSIONS, is_image_file, load_rgb, stretch, stretch_limits  # noqa: F401
 from lsknet.errors import DatasetFormatError, DataSkipWarning
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def is_image_file(path: str | Path) -> bool:
-    """True when the file name has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# decoding
-
-
 def percentile_limits(values: np.ndarray) -> tuple[float, float] | None:
-    """The 1st and 99th percentile of the finite ``values`` (any shape, all channels together); None if none."""
-    data = np.asarray(values, dtype=np.float64)
-    finite = data[np.isfinite(data)]
-    if finite.size == 0:
+    """The 1st and 99th percentile of the finite ``values``; None if there are none
+    (:func:`lsknet.data.imageio.stretch_limits`, kept under this name for the GeoTIFF reader)."""
+    values = np.asarray(values)
+    if values.size == 0 or (values.dtype.kind == "f" and not np.isfinite(values).any()):
         return None
-    low, high = np.percentile(finite, [1.0, 99.0])
-    return float(low), float(high)
+    return stretch_limits(values)
 
 
 def stretch_to_uint8(array: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map ``[low, high]`` linearly to 0..255, round and clip (NaN -> ``low``); flat (``high <= low``): 0 or 128."""
-    if high <= low:  # flat image: keep it flat, mid-grey if it is not zero
-        return np.full(array.shape, 0 if high <= 0 else 128, dtype=np.uint8)
-    data = np.nan_to_num(array.astype(np.float64), nan=low)
-    return np.clip(np.round((data - low) * 255.0 / (high - low)), 0, 255).astype(np.uint8)
-
-
-def _to_uint8(array: np.ndarray, high_bit: str) -> np.ndarray:
-    """Scale an (H, W, C) array of any numeric type to uint8 (see the module docstring)."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    data = array.astype(np.float64)
-    if np.issubdtype(array.dtype, np.integer) and high_bit == "range":
-        # Pillow may hand 16-bit files over as int32 ("I" mode): values that fit 16 bits are scaled as 16-bit.
-        top = 65535.0 if data.max(initial=0) <= 65535 else float(np.iinfo(array.dtype).max)
-        return np.clip(np.round(data * 255.0 / top), 0, 255).astype(np.uint8)
-    if high_bit not in ("percentile", "range"):
-        raise DatasetFormatError(f"unknown high_bit scaling {high_bit!r}; expected 'percentile' or 'range'")
-    limits = percentile_limits(data)
-    if limits is None:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return stretch_to_uint8(data, *limits)
-
-
-def _read_with_rasterio(path: Path) -> np.ndarray:
-    try:
-        import rasterio
-    except ImportError:
-        raise DatasetFormatError(
-            f"{path}: Pillow cannot read this TIFF (multi-band 16-bit or float?); install rasterio "
-            "(pip install 'lsknet[geo]') to read it"
-        ) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # NotGeoreferencedWarning on plain images
-        with rasterio.open(path) as src:
-            return np.moveaxis(src.read(), 0, -1)
-
-
-def read_image_array(path: str | Path) -> np.ndarray:
-    """Decode an image file to an (H, W, C) array in its stored type; raises DatasetFormatError if unreadable."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()  # full decode: truncated files fail here, not later in a worker
-            if image.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                image = image.convert("RGBA" if image.mode in ("P", "PA") and "transparency" in image.info else "RGB")
-            array = np.array(image)  # a writable copy
-    except UnidentifiedImageError:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            try:
-                array = _read_with_rasterio(path)
-            except DatasetFormatError:
-                raise
-            except Exception as err:  # rasterio raises its own error types for corrupt files
-                raise DatasetFormatError(f"{path}: cannot decode image: {err}") from None
-        else:
-            raise DatasetFormatError(f"{path}: not a readable image file") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DatasetFormatError(f"{path}: cannot decode image: {err}") from None
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise DatasetFormatError(f"{path}: unexpected image shape {array.shape}")
-    return array
+    """:func:`lsknet.data.imageio.stretch` (kept under this name for the GeoTIFF reader)."""
+    return stretch(array, low, high)
 
 
 def load_image(path: str | Path, high_bit: str = "percentile") -> np.ndarray:
-    """Decode an image to an (H, W, 3) uint8 RGB array, converting bit depth and channels as documented above."""
-    array = read_image_array(path)
-    channels = array.shape[2]
-    if channels in (1, 2):  # gray or gray+alpha
-        array = array[:, :, :1]
-    elif channels == 4:  # RGBA: alpha dropped
-        array = array[:, :, :3]
-    elif channels != 3:
-        raise DatasetFormatError(f"{path}: {channels} channels; scene images must have 1-4 channels (gray/RGB/RGBA)")
-    array = _to_uint8(array, high_bit)
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array)
+    """Decode an image to an (H, W, 3) uint8 RGB array: :func:`lsknet.data.imageio.load_rgb` (the one decoder and
+    scaling rule of every task)."""
+    return load_rgb(path, high_bit)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -32,12 +32,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lsknet.data.imageio import (
+    IMAGE_EXTENSIONS,  # noqa: F401  (re-exported)
+    to_uint8,
+)
+from lsknet.data.imageio import read_image as _decode
 from lsknet.data.seg_transforms import IMAGENET_MEAN, IMAGENET_STD, GeoSegTransform, SegTransform, mosaic, to_tensor
 from lsknet.errors import ConfigError, DatasetFormatError, DataSkipWarning
 
 _log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 ISPRS_CLASSES = ("impervious_surface", "building", "low_vegetation", "tree", "car", "clutter")
 ISPRS_PALETTE = ((255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0))
@@ -193,26 +197,9 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index:
 
 # ----------------------------------------------------------------------------------------------- files and pairing
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file as ``(H, W, C)`` (uint8 for 8-bit files); GeoTIFFs PIL cannot read go through rasterio."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("RGB", "L", "RGBA", "P"):
-                arr = np.asarray(im.convert("RGB") if im.mode in ("P", "RGBA") else im)
-                return arr[..., None] if arr.ndim == 2 else arr
-    except (UnidentifiedImageError, OSError) as err:
-        if Path(path).suffix.lower() not in (".tif", ".tiff"):
-            raise DatasetFormatError(f"{path}: cannot decode image ({err})") from None
-    try:
-        import rasterio  # optional extra: multi-band / 16-bit GeoTIFFs
-    except ImportError:  # pragma: no cover
-        raise DatasetFormatError(f"{path}: cannot decode image with Pillow; install rasterio (lsknet[geo])") from None
-    try:
-        with rasterio.open(path) as src:
-            return np.moveaxis(src.read(), 0, -1)
-    except rasterio.errors.RasterioError as err:
-        raise DatasetFormatError(f"{path}: cannot decode image ({err})") from None
+    """An image file as ``(H, W, C)`` uint8, all bands kept: :func:`lsknet.data.imageio.read_image` scaled by the one
+    8-bit rule (:func:`lsknet.data.imageio.to_uint8`; 16-bit / float images stretched per image)."""
+    return to_uint8(_decode(path))
 
 
 def read_mask(path: str | Path) -> np.ndarray:

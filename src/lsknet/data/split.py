@@ -39,6 +39,7 @@ from lsknet.data.dota import (
     read_labeltxt,
     write_labeltxt,
 )
+from lsknet.data.imageio import load_rgb
 from lsknet.errors import DatasetFormatError
 
 log = logging.getLogger(__name__)
@@ -251,30 +252,34 @@ def split_image(
     previous_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # DOTA images reach 20000 x 20000 px
     try:
-        with Image.open(image_path) as im:
-            im = im.convert("RGB")
-            width, height = im.size
-            windows = compute_windows(width, height, sizes, gaps, rates, img_rate_thr)
-            anns = split_annotation(ann, windows, iof_thr, clip_truncated) if ann is not None else None
-            names = []
-            (out_dir / "images").mkdir(parents=True, exist_ok=True)
-            for k, win in enumerate(windows):
-                name = patch_name(image_id, win)
-                x0, y0, x1, y1 = (int(v) for v in win)
-                patch = im.crop((x0, y0, min(x1, width), min(y1, height)))
-                if pad and patch.size != (x1 - x0, y1 - y0):
-                    canvas = Image.new("RGB", (x1 - x0, y1 - y0), tuple(int(v) for v in pad_value))
-                    canvas.paste(patch, (0, 0))
-                    patch = canvas
-                target = out_dir / "images" / f"{name}{ext}"
-                tmp = target.with_name(f".{target.stem}.tmp{ext}")
-                patch.save(tmp)
-                tmp.replace(target)
-                if anns is not None:
-                    write_labeltxt(out_dir / "labelTxt" / f"{name}.txt", anns[k])
-                names.append(name)
+        # The one decoder and 8-bit rule (lsknet.data.imageio): 16-bit sources become the same patches the predictor
+        # sees when it reads the whole image.
+        array = load_rgb(image_path)
+    except DatasetFormatError as err:
+        raise OSError(str(err)) from None  # undecodable image: the caller counts it as a skip
     finally:
         Image.MAX_IMAGE_PIXELS = previous_limit
+    height, width = array.shape[:2]
+    windows = compute_windows(width, height, sizes, gaps, rates, img_rate_thr)
+    anns = split_annotation(ann, windows, iof_thr, clip_truncated) if ann is not None else None
+    names = []
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    for k, win in enumerate(windows):
+        name = patch_name(image_id, win)
+        x0, y0, x1, y1 = (int(v) for v in win)
+        crop = array[y0:y1, x0:x1]
+        if pad and crop.shape[:2] != (y1 - y0, x1 - x0):
+            canvas = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+            canvas[:] = np.asarray([int(v) for v in pad_value], dtype=np.uint8)
+            canvas[: crop.shape[0], : crop.shape[1]] = crop
+            crop = canvas
+        target = out_dir / "images" / f"{name}{ext}"
+        tmp = target.with_name(f".{target.stem}.tmp{ext}")
+        Image.fromarray(np.ascontiguousarray(crop), "RGB").save(tmp)
+        tmp.replace(target)
+        if anns is not None:
+            write_labeltxt(out_dir / "labelTxt" / f"{name}.txt", anns[k])
+        names.append(name)
     return names
 
 

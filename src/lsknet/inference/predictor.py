@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lsknet.data.imageio import IMAGE_EXTENSIONS, colour_channels, list_images, load_rgb, to_rgb, to_uint8
 from lsknet.errors import CheckpointError, DatasetFormatError, DataSkipWarning
 from lsknet.ops import nms_rotated, rbox_to_corners
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".vrt", ".jp2")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the one list (lsknet.data.imageio); old name kept
 
 
 @dataclass
@@ -114,26 +115,20 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Any image -> float32 (3, H, W) RGB in 0..255.
+    """Any image -> float32 (3, H, W) RGB in 0..255, by the one decoder and scaling rule of
+    :mod:`lsknet.data.imageio` (the training datasets read files the same way).
 
-    Files and PIL images: palette, grey, RGBA, CMYK are converted to RGB; 16-bit / float greys are scaled by
-    their maximum to 0..255. Arrays are (H, W), (H, W, C) with C in 1, 3, 4 (uint8 or 0..255 floats); tensors
-    (3, H, W) or (H, W). Raises :class:`DatasetFormatError` for undecodable files or unusable shapes.
+    Files: :func:`~lsknet.data.imageio.load_rgb` (16-bit / float images stretched to 8 bits per image, grey repeated,
+    alpha dropped). PIL images and integer arrays (``(H, W)`` or ``(H, W, C)``, C in 1, 2, 3, 4) follow the same
+    rules; float arrays are taken as 0..255 values. Tensors are ``(3, H, W)`` or ``(H, W)`` 0..255. Raises
+    :class:`DatasetFormatError` for undecodable files or unusable shapes.
     """
     if isinstance(source, (str, Path)):
-        try:
-            with Image.open(source) as im:
-                im.load()
-                return load_image(im)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DatasetFormatError(f"{source}: cannot decode image ({err})") from None
+        return torch.from_numpy(load_rgb(source)).permute(2, 0, 1).to(torch.float32).contiguous()
     if isinstance(source, Image.Image):
-        if source.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(source, dtype=np.float32)
-            peak = float(arr.max()) if arr.size else 0.0
-            arr = arr * (255.0 / peak) if peak > 0 else arr
-            return load_image(arr)
-        return load_image(np.asarray(source.convert("RGB")))
+        if source.mode not in ("I;16", "I;16B", "I;16L", "I", "F", "L", "LA", "RGB", "RGBA"):
+            source = source.convert("RGB")
+        return load_image(np.asarray(source))
     if isinstance(source, torch.Tensor):
         t = source.detach().to(torch.float32).cpu()
         if t.ndim == 2:
@@ -144,31 +139,21 @@ def load_image(source: str | Path | Image.Image | np.ndarray | torch.Tensor) -> 
     arr = np.asarray(source)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise DatasetFormatError(f"expected an image array (H, W[, 1|3|4]), got shape {arr.shape}")
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    t = torch.from_numpy(np.ascontiguousarray(arr[:, :, :3]).astype(np.float32)).permute(2, 0, 1)
-    return t.contiguous()
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise DatasetFormatError(f"expected an image array (H, W[, 1|2|3|4]), got shape {arr.shape}")
+    arr = colour_channels(arr)
+    if arr.dtype.kind != "f":
+        arr = to_uint8(arr)
+    arr = to_rgb(arr)
+    return torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32)).permute(2, 0, 1).contiguous()
 
 
 def list_image_sources(sources: Iterable[Any]) -> list[Any]:
-    """Expand folders (recursively, image suffixes only) and check that files exist; other objects pass through."""
+    """Paths expanded by :func:`lsknet.data.imageio.list_images` (folders recursively, missing paths an error);
+    other objects (PIL images, arrays, tensors) pass through, in order."""
     items: list[Any] = []
     for source in sources:
-        if isinstance(source, (str, Path)):
-            path = Path(source)
-            if path.is_dir():
-                found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-                if not found:
-                    raise DatasetFormatError(f"{path}: no images found in this folder")
-                items.extend(found)
-            elif path.is_file():
-                items.append(path)
-            else:
-                raise DatasetFormatError(f"{path}: no such file or folder")
-        else:
-            items.append(source)
+        items.extend(list_images(source) if isinstance(source, (str, Path)) else [source])
     return items
 
 

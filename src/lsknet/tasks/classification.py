@@ -35,11 +35,11 @@ from torch.utils.data import DataLoader
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from lsknet.data.imageio import list_images
 from lsknet.data.scene import (
     SceneFolderDataset,
     build_transforms,
     find_classes,
-    is_image_file,
     load_image,
     scan_scene_folder,
     stratified_split,
@@ -249,22 +249,6 @@ def build(cfg: dict[str, Any]) -> tuple[SceneClassifier, SceneDataModule]:
     return SceneClassifier(cfg), SceneDataModule(data_cfg, seed=int(cfg.get("seed", 0)))
 
 
-def _expand_sources(sources: list[str | Path]) -> list[Path]:
-    paths: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
-            if not found:
-                raise DatasetFormatError(f"{path}: no images found in this folder")
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise DatasetFormatError(f"{path}: no such file or folder")
-    return paths
-
-
 @torch.no_grad()
 def predict(
     module: SceneClassifier,
@@ -298,7 +282,7 @@ def predict(
     transform = build_transforms(int(data_cfg.get("image_size", 224)), train=False)
     batch_size = int(batch_size or data_cfg.get("eval_batch_size") or data_cfg.get("batch_size") or 32)
     topk = max(1, min(int(topk), len(module.classes)))
-    paths = _expand_sources(sources)
+    paths = list_images(sources)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     module.eval()

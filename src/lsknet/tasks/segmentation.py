@@ -25,9 +25,9 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from lsknet.data.imageio import list_images
 from lsknet.data.seg_transforms import GeoSegTransform
 from lsknet.data.segmentation import (
-    IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MaskCoding,
@@ -305,21 +305,6 @@ def build(cfg: dict[str, Any]) -> tuple[SegmentationTask, SegmentationDataModule
     return SegmentationTask(cfg), SegmentationDataModule(dict(cfg.get("data") or {}))
 
 
-def _expand_sources(sources: list[str | Path]) -> list[Path]:
-    paths: list[Path] = []
-    for src in sources:
-        p = Path(src)
-        if p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise DatasetFormatError(f"prediction source not found: {p}")
-    if not paths:
-        raise DatasetFormatError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(map(str, sources))}")
-    return paths
-
-
 def predict(
     module: SegmentationTask,
     sources: list[str | Path],
@@ -387,7 +372,7 @@ def predict(
     }
     suffix = {"index": ".png", "color": ".png", "overlay": ".png", "geotiff": ".tif", "geojson": ".geojson",
               "gpkg": ".gpkg", "shp": ".shp"}  # fmt: skip
-    for path in _expand_sources(sources):
+    for path in list_images(sources):
         sub = lambda o: "vectors" if o in ("geojson", "gpkg", "shp") else o  # noqa: E731
         if skip_existing and all((out_dir / sub(o) / f"{Path(path).stem}{suffix[o]}").is_file() for o in outs):
             results.append({"image": str(path), "skipped_existing": True})
