@@ -74,6 +74,18 @@ def _task_module(name: str):
         raise
 
 
+def _task_demo(name: str):
+    """``lsknet.tasks.get_demo`` with the same one-line error as :func:`_task_module`."""
+    from lsknet.tasks import DEMO_ENTRIES, get_demo
+
+    try:
+        return get_demo(name)
+    except ModuleNotFoundError as err:
+        if err.name and DEMO_ENTRIES.get(name, ("",))[0].startswith(err.name):
+            raise ConfigError(f"task {name!r} is not available in this version of lsknet") from None
+        raise
+
+
 def _split_resume(overrides: list[str]) -> tuple[list[str], str | None]:
     """``resume=PATH`` is accepted among the overrides as well as ``--resume PATH``."""
     rest, resume = [], None
@@ -219,7 +231,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.budget_minutes is not None:
         options["budget_minutes"] = args.budget_minutes
     print(f"lsknet demo ({args.task}): writing to {out}", file=sys.stderr, flush=True)
-    demo = _task_module(args.task).demo
+    demo = _task_demo(args.task)
     summary = demo(out, **_accepted(demo, options))
     for key, value in summary.items():
         if isinstance(value, float):

@@ -1,5 +1,6 @@
 """Oriented object detection task (Oriented R-CNN + LSKNet): LightningModule, LightningDataModule, ``build``,
-``predict``, ``demo``.
+``predict``. The demo is a use of this task and lives in :mod:`lsknet.tasks.detection_demo` (it imports this module,
+never the reverse).
 
 Config sections (defaults in ``configs/detect.yaml``; the official recipe in ``configs/dota_lsknet_t_orcnn.yaml``):
 
@@ -377,10 +378,3 @@ def predict_files(
         "out_dir": str(out_dir),
         **summary,
     }
-
-
-def demo(out_dir: Path, **options: Any) -> dict[str, Any]:
-    """``lsknet demo --task detect``: see :func:`lsknet.tasks.detection_demo.run_demo`."""
-    from lsknet.tasks.detection_demo import run_demo
-
-    return run_demo(Path(out_dir), **options)
