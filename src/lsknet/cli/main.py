@@ -44,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 failure, 2 user error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    # ``key=value`` overrides may stand anywhere among the options (``train CFG a=1 --strict b=2``): argparse leaves
+    # those after an option in ``extras``; they join the command's overrides. Anything else is an argparse error.
+    overrides = [t for t in extras if "=" in t and not t.startswith("-")]
+    unknown = [t for t in extras if t not in overrides]
+    if unknown or (overrides and not hasattr(args, "overrides")):
+        what = "option" if (unknown or overrides)[0].startswith("-") else "argument"
+        print(f"lsknet {args.command or ''}: error: unknown {what} {(unknown or overrides)[0]!r}", file=sys.stderr)
+        return 2
+    if overrides:
+        args.overrides = [*(args.overrides or []), *overrides]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -25,43 +25,6 @@ from lsknet.errors import ConfigError
 DEFAULT_DEMO_TASK = "detect"
 
 
-def _options_among_overrides(args: argparse.Namespace) -> None:
-    """Apply options written after or between ``key=value`` overrides (``train CFG a=1 --strict b=2``).
-
-    The overrides are an ``argparse.REMAINDER``, so argparse leaves such options in the list; they are parsed here
-    with the sub-command's own option definitions.
-    """
-    parser: argparse.ArgumentParser = args.command_parser
-    tokens, rest, i = list(args.overrides), [], 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("-") or token == "-":
-            rest.append(token)
-            i += 1
-            continue
-        name, has_value, value = token.partition("=")
-        action = parser._option_string_actions.get(name)  # noqa: SLF001 - argparse keeps no public lookup
-        if action is None:
-            raise ConfigError(f"unknown option {name!r} for lsknet {args.command}")
-        if action.nargs == 0:  # store_true
-            setattr(args, action.dest, True)
-            i += 1
-            continue
-        if not has_value:
-            if i + 1 >= len(tokens):
-                raise ConfigError(f"option {name} needs a value")
-            value, i = tokens[i + 1], i + 1
-        i += 1
-        converted = action.type(value) if callable(action.type) else value
-        if action.choices is not None and converted not in action.choices:
-            raise ConfigError(f"option {name}: {converted!r} is not one of {', '.join(map(str, action.choices))}")
-        if isinstance(action, argparse._AppendAction):  # noqa: SLF001
-            setattr(args, action.dest, [*(getattr(args, action.dest) or []), converted])
-        else:
-            setattr(args, action.dest, converted)
-    args.overrides = rest
-
-
 def _task_module(name: str):
     """``lsknet.tasks.get_task`` with a one-line error for a task whose module is not part of this install yet."""
     from lsknet.tasks import TASK_MODULES, get_task
@@ -122,7 +85,6 @@ def _print_summary(title: str, metrics: dict[str, Any]) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from lsknet.tasks import runner
 
-    _options_among_overrides(args)
     if args.config is not None and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config, *args.overrides], None  # only overrides were given
     overrides, resume = _split_resume(list(args.overrides))
@@ -155,7 +117,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from lsknet.tasks import runner
 
-    _options_among_overrides(args)
     if not args.checkpoint:
         raise ConfigError("--checkpoint CKPT is required")
     overrides = list(args.overrides) + (["data.strict=true"] if args.strict else [])
@@ -225,7 +186,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _options_among_overrides(args)
     out = Path(args.out) if args.out else Path("runs") / f"demo_{args.task}" / time.strftime("%Y%m%d-%H%M%S")
     options: dict[str, Any] = {"seed": args.seed, "overrides": list(args.overrides)}
     if args.budget_minutes is not None:
@@ -249,19 +209,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("train", help="train a model from a config file or preset")
     p.add_argument("config", nargs="?", help="preset name (e.g. aid_lsknet_t) or YAML file")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help=overrides_help + "; resume=CKPT is accepted too")
+    p.add_argument("overrides", nargs="*", help=overrides_help + "; resume=CKPT is accepted too")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--resume", metavar="CKPT", help="continue training from a checkpoint (e.g. .../last.ckpt)")
     p.add_argument("--strict", action="store_true", help="unreadable images are errors instead of counted skips")
-    p.set_defaults(func=cmd_train, command_parser=p)
+    p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="evaluate a trained checkpoint on its validation (or test) data")
     p.add_argument("--checkpoint", metavar="CKPT", help="an lsknet training checkpoint (.ckpt) (required)")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help=overrides_help + " (e.g. data.root=... for other data)")
+    p.add_argument("overrides", nargs="*", help=overrides_help + " (e.g. data.root=... for other data)")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--out", metavar="DIR", help="folder for metrics and reports (default runs/<name>/eval-<time>)")
     p.add_argument("--strict", action="store_true", help="unreadable images are errors instead of counted skips")
-    p.set_defaults(func=cmd_eval, command_parser=p)
+    p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("predict", help="run a trained checkpoint on images or folders")
     p.add_argument(
@@ -292,14 +252,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--tile", type=int, default=None, help="classification grid over a raster: cell size (pixels)")
     g.add_argument("--stride", type=int, default=None, help="classification grid: step between cells (default tile)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=overrides_help)
-    p.set_defaults(func=cmd_predict, command_parser=p)
+    p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("demo", help="generate data, train, evaluate and predict in a few minutes on CPU")
     p.add_argument("--task", choices=("classify", "detect", "segment"), default=DEFAULT_DEMO_TASK)
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/demo_<task>/<time>)")
     p.add_argument("--budget-minutes", type=float, default=None, help="approximate training time budget")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "overrides", nargs=argparse.REMAINDER, help="overrides of the task's demo preset (e.g. trainer.max_epochs=2)"
-    )
-    p.set_defaults(func=cmd_demo, command_parser=p)
+    p.add_argument("overrides", nargs="*", help="overrides of the task's demo preset (e.g. trainer.max_epochs=2)")
+    p.set_defaults(func=cmd_demo)
