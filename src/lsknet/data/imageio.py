@@ -91,7 +91,7 @@ def list_images(sources: str | Path | Iterable[str | Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise DatasetFormatError(f"{path}: no such file or folder")
+            raise DatasetFormatError(f"{path}: not found (no such file or folder)")
     return found
 
 

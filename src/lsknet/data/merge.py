@@ -19,17 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lsknet.data.dota import (
-    DOTAAnnotation,
-    SkipReport,
-    Task1Detections,
-    get_classes,
-    read_labeltxt,
-    read_task1_dir,
-    write_labeltxt,
-    write_task1_dir,
-)
+from lsknet.data.dota import DOTAAnnotation, SkipReport, get_classes, read_labeltxt, write_labeltxt
 from lsknet.data.split import parse_patch_name
+from lsknet.data.task1 import Task1Detections, read_task1_dir, write_task1_dir
 from lsknet.errors import DatasetFormatError
 
 log = logging.getLogger(__name__)

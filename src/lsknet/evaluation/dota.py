@@ -38,13 +38,12 @@ import torch
 from lsknet.data.dota import (
     DOTAAnnotation,
     SkipReport,
-    Task1Detections,
     atomic_write_text,
     get_classes,
     quads_self_intersect,
     read_labeltxt_dir,
-    read_task1_dir,
 )
+from lsknet.data.task1 import Task1Detections, read_task1_dir
 from lsknet.errors import DatasetFormatError
 
 log = logging.getLogger(__name__)

@@ -424,6 +424,15 @@ def _atomic_save_png(img: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def detections_to_task1(results: Sequence[Detections], classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """``{class: Task1Detections}`` of predictor results (:func:`lsknet.data.task1.results_to_task1`); ``classes``
+    defaults to the results' own."""
+    from lsknet.data.task1 import results_to_task1
+
+    per_image = {det.image_id: {"rboxes": det.rboxes, "scores": det.scores, "labels": det.labels} for det in results}
+    return results_to_task1(per_image, tuple(classes) if classes is not None else results[0].classes)
+
+
 def write_outputs(
     results: Sequence[Detections],
     out_dir: str | Path,
@@ -434,29 +443,14 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write DOTA Task1 files (``Task1_<class>.txt``: ``image score x1 y1 ... x4 y4``), ``detections.json`` and
     drawn ``vis/<image_id>.png`` for ``results``; returns the paths written."""
-    from lsknet.data.dota import Task1Detections, atomic_write_text, write_task1_dir
+    from lsknet.data.dota import atomic_write_text
+    from lsknet.data.task1 import write_task1_dir
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {}
     if results and task1:
-        classes = results[0].classes
-        per_class = {}
-        for c_idx, name in enumerate(classes):
-            ids, scores, polys = [], [], []
-            for det in results:
-                sel = det.labels == c_idx
-                if bool(sel.any()):
-                    part = det.select(sel)
-                    ids.extend([det.image_id] * len(part))
-                    scores.append(part.scores.double().numpy())
-                    polys.append(part.corners.double().numpy())
-            per_class[name] = Task1Detections(
-                np.asarray(ids, dtype=object),
-                np.concatenate(scores) if scores else np.zeros(0),
-                np.concatenate(polys) if polys else np.zeros((0, 4, 2)),
-            )
-        written["task1_files"] = [str(p) for p in write_task1_dir(out_dir / "task1", per_class)]
+        written["task1_files"] = [str(p) for p in write_task1_dir(out_dir / "task1", detections_to_task1(results))]
     if json_file:
         path = out_dir / "detections.json"
         atomic_write_text(path, json.dumps([det.to_dict() for det in results], indent=1) + "\n")

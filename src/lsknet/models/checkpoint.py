@@ -182,7 +182,9 @@ def load_checkpoint_file(path: str | Path, *, mmap: bool = False) -> object:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: refused to unpickle (weights_only=True): {first}") from err
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint: refused to unpickle (weights_only=True): {first}"
+        ) from err
     except Exception as err:  # truncated file, not a torch file, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(f"{path}: cannot read checkpoint: {type(err).__name__}: {first}") from err

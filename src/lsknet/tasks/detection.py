@@ -36,18 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from lsknet.data.detection import DOTADetectionDataset, collate_detection, train_transforms_from_config
-from lsknet.data.dota import DOTAAnnotation, Task1Detections, get_classes, read_labeltxt_dir
+from lsknet.data.dota import DOTAAnnotation, get_classes, read_labeltxt_dir
 from lsknet.data.merge import merge_detections
+from lsknet.data.task1 import results_to_task1  # noqa: F401  (part of this module's API)
 from lsknet.errors import ConfigError, DatasetFormatError
 from lsknet.evaluation.dota import evaluate_dota
 from lsknet.inference.predictor import Predictor, list_image_sources, write_outputs
 from lsknet.models.oriented_rcnn import detector_from_config
-from lsknet.ops import rbox_to_corners
 from lsknet.tasks.base import TaskModule, TrainingDiverged, make_loader  # noqa: F401 - detection.TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -126,27 +125,6 @@ class DetectionDataModule(L.LightningDataModule):
 def _images(batch: dict[str, Any]) -> list[torch.Tensor]:
     images = batch["images"]
     return [img * 255.0 for img in (images if isinstance(images, list) else images.unbind(0))]
-
-
-def results_to_task1(
-    results: dict[str, dict[str, torch.Tensor]], classes: tuple[str, ...]
-) -> dict[str, Task1Detections]:
-    """Per-image results ``{image_id: {"rboxes", "scores", "labels"}}`` -> ``{class: Task1Detections}``."""
-    out = {}
-    for c_idx, name in enumerate(classes):
-        ids, scores, polys = [], [], []
-        for image_id, res in results.items():
-            sel = res["labels"] == c_idx
-            if bool(sel.any()):
-                ids.extend([image_id] * int(sel.sum()))
-                scores.append(res["scores"][sel].double().numpy())
-                polys.append(rbox_to_corners(res["rboxes"][sel].double()).numpy())
-        out[name] = Task1Detections(
-            np.asarray(ids, dtype=object),
-            np.concatenate(scores) if scores else np.zeros(0),
-            np.concatenate(polys) if polys else np.zeros((0, 4, 2)),
-        )
-    return out
 
 
 class OrientedDetector(TaskModule):

@@ -34,7 +34,7 @@ from lsknet.config import apply_overrides, load_config
 from lsknet.data.dota import atomic_write_text, read_labeltxt_dir
 from lsknet.data.synthetic import generate_dota_scenes
 from lsknet.evaluation.dota import evaluate_dota
-from lsknet.inference.predictor import write_outputs
+from lsknet.inference.predictor import detections_to_task1, write_outputs
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,11 @@ class StepProgress(Callback):
 
 
 def _evaluate(predictor: Any, images_dir: Path, labels_dir: Path, classes: tuple[str, ...], out: Path) -> Any:
-    from lsknet.tasks.detection import results_to_task1
-
     results = list(predictor.predict([images_dir]))
     write_outputs(results, out, json_file=False, png=False)
-    per_image = {r.image_id: {"rboxes": r.rboxes, "scores": r.scores, "labels": r.labels} for r in results}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = evaluate_dota(results_to_task1(per_image, classes), labels_dir, classes=classes)
+        report = evaluate_dota(detections_to_task1(results, classes), labels_dir, classes=classes)
     report.write_json(out / "metrics.json")
     report.write_csv(out / "metrics.csv")
     report.plot_pr_curves(out / "pr_curves")
@@ -205,13 +202,12 @@ def run_demo(
     t_pred = time.perf_counter()
     scene_results = list(predictor.predict([data / "scene" / "images"], progress=False))
     written = write_outputs(scene_results, out_dir / "predictions")
-    from lsknet.tasks.detection import results_to_task1
-
-    per_image = {r.image_id: {"rboxes": r.rboxes, "scores": r.scores, "labels": r.labels} for r in scene_results}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scene_report = evaluate_dota(
-            results_to_task1(per_image, classes), read_labeltxt_dir(data / "scene" / "labelTxt", classes), classes
+            detections_to_task1(scene_results, classes),
+            read_labeltxt_dir(data / "scene" / "labelTxt", classes),
+            classes,
         )
     predict_seconds = time.perf_counter() - t_pred
     total = time.perf_counter() - t0
