@@ -165,6 +165,7 @@ def test_model_checkpoint_loads_official_backbone_weights_and_resets_the_head(sc
     official = timm.create_model("lsknet_t")  # 1000-class head, like lsk_t_backbone-2ef8a593.pth
     torch.save({"state_dict": official.state_dict()}, tmp_path / "lsk_t_backbone.pth")
     module, _ = build(tiny_config(scenes, tmp_path / "r", f"model.checkpoint={tmp_path / 'lsk_t_backbone.pth'}"))
+    module.setup("fit")  # starting weights are read when fitting starts (TaskModule.setup)
     loaded = module.model.state_dict()
     for key, value in official.state_dict().items():
         if not key.startswith("head."):

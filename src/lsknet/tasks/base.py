@@ -1,8 +1,10 @@
-"""What every task's LightningModule shares: the run config as its only hyper-parameter, the optimizer and schedule
-built from the config's ``optim`` section, and one evaluation hook for the validation and test epochs."""
+"""What every task's LightningModule shares: the run config as its only hyper-parameter, one hook that loads the
+starting weights when fitting starts, the optimizer and schedule built from the config's ``optim`` section, and one
+evaluation hook for the validation and test epochs."""
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -22,12 +24,23 @@ from lsknet.tasks.resume import ResumableLoader
 class TrainingDiverged(LSKNetError):
     """Raised (on every process) when the loss stays non-finite for ``nan_patience`` consecutive steps."""
 
+log = logging.getLogger(__name__)
+
+# ``model`` keys naming the weights a run starts from (ImageNet backbone, a whole trained model).
+STARTING_WEIGHT_KEYS = ("backbone_checkpoint", "checkpoint")
+
 
 class TaskModule(L.LightningModule):
     """Base of ``SceneClassifier``, ``OrientedDetector`` and ``SegmentationTask``.
 
     Stores the whole run configuration as the hyper-parameter ``config`` (a checkpoint alone rebuilds the task);
-    subclasses set ``self.model`` and implement ``_eval_epoch_end(stage)`` for ``stage`` in ``{"val", "test"}``.
+    subclasses set ``self.model`` (random or timm-initialised: no files read), implement
+    ``load_starting_weights(key, path)`` for the keys of :data:`STARTING_WEIGHT_KEYS` they take, and
+    ``_eval_epoch_end(stage)`` for ``stage`` in ``{"val", "test"}``.
+
+    Lifecycle of the weights: the starting weights named in ``model.backbone_checkpoint`` / ``model.checkpoint`` are
+    loaded once, in :meth:`setup` when fitting starts (not when a trained module is rebuilt from its checkpoint for
+    eval / predict, which never needs those files, and not when a run resumes: Lightning restores the saved weights).
     """
 
     model: nn.Module
@@ -39,6 +52,7 @@ class TaskModule(L.LightningModule):
         self.nan_patience = int((config.get("trainer") or {}).get("nan_patience") or 5)
         self._nan_streak = 0
         self._skip_update = False
+        self._starting_weights_loaded = False
 
     def skip_non_finite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor] | None = None) -> bool:
         """True when this step must be skipped because the loss is NaN/inf on this or any other process; the
@@ -93,6 +107,32 @@ class TaskModule(L.LightningModule):
             f"{self.global_step}); the last good weights are in {path}. Lower optim.lr, enable "
             "trainer.gradient_clip_val, or check the data for degenerate boxes/masks/labels."
         )
+
+    def setup(self, stage: str) -> None:
+        if stage != "fit" or self._starting_weights_loaded:
+            return
+        trainer = self._trainer
+        if trainer is not None and getattr(trainer, "ckpt_path", None):
+            self._starting_weights_loaded = True  # resuming: the checkpoint's weights replace them anyway
+            return
+        self.load_starting_weights_from_config()
+
+    def load_starting_weights_from_config(self) -> None:
+        """Load every starting-weights file named in the config's ``model`` section (in :data:`STARTING_WEIGHT_KEYS`
+        order: backbone first, then a whole model over it), once."""
+        model_cfg = self.config.get("model") or {}
+        for key in STARTING_WEIGHT_KEYS:
+            path = model_cfg.get(key)
+            if path:
+                self.load_starting_weights(key, str(path))
+                log.info("loaded starting weights model.%s=%s", key, path)
+        self._starting_weights_loaded = True
+
+    def load_starting_weights(self, key: str, path: str) -> None:
+        """Load the file ``path`` named by ``model.<key>`` into ``self.model`` (task-specific)."""
+        from lsknet.errors import ConfigError
+
+        raise ConfigError(f"model.{key} is not used by task {self.config.get('task')!r}")
 
     def _eval_epoch_end(self, stage: str) -> None:
         raise NotImplementedError

@@ -160,7 +160,7 @@ class SceneClassifier(TaskModule):
         super().__init__(config)
         self.classes: list[str] = list(config["data"]["classes"])
         num_classes = len(self.classes)
-        self.model = build_classifier(config.get("model") or {}, num_classes)
+        self.model = build_classifier({**(config.get("model") or {}), "checkpoint": None}, num_classes)
         smoothing = float((config.get("loss") or {}).get("label_smoothing", 0.0))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -177,6 +177,14 @@ class SceneClassifier(TaskModule):
             }
         )
         self.confusion = nn.ModuleDict({stage: MulticlassConfusionMatrix(num_classes) for stage in ("val", "test")})
+
+    def load_starting_weights(self, key: str, path: str) -> None:
+        """``model.checkpoint``: backbone weights in any official layout (head kept only if it fits)."""
+        from lsknet.models.factory import load_checkpoint
+
+        if key != "checkpoint":
+            super().load_starting_weights(key, path)
+        load_checkpoint(self.model, path, strict=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) for normalised images (N, 3, H, W)."""

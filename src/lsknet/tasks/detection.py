@@ -133,13 +133,24 @@ class OrientedDetector(TaskModule):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.classes = tuple(config["data"]["classes"])
-        self.model = detector_from_config(config.get("model") or {}, len(self.classes))
+        self.model = detector_from_config(config.get("model") or {}, len(self.classes), load_checkpoint=False)
         self.model.test_resize = (config.get("data") or {}).get("test_resize")  # validation, eval and predict
         det_cfg = config.get("detect") or {}
         self.nan_patience = int(det_cfg.get("nan_patience") or self.nan_patience)
         self.min_object_size = float((config.get("data") or {}).get("min_object_size", 2.0))
         self._dropped_small = 0
         self._eval_results: dict[str, dict[str, torch.Tensor]] = {}
+
+    def load_starting_weights(self, key: str, path: str) -> None:
+        """``model.checkpoint``: a whole detector (MMRotate or lsknet); ``model.backbone_checkpoint``: ImageNet
+        backbone weights, ignored when a whole detector is given (as :func:`build_oriented_rcnn` does)."""
+        from lsknet.models.checkpoint import load_backbone_weights
+        from lsknet.models.oriented_rcnn import load_detector_checkpoint
+
+        if key == "checkpoint":
+            load_detector_checkpoint(self.model, path)
+        elif not (self.config.get("model") or {}).get("checkpoint"):
+            load_backbone_weights(self.model.backbone, path)
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Detections for RGB 0..255 images (list of (3, H, W))."""

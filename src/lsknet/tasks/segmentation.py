@@ -228,24 +228,15 @@ class SegmentationTask(TaskModule):
         )
         self.last_metrics: dict[str, Any] = {}
 
-    def setup(self, stage: str) -> None:
-        """Load the initial weights (``model.checkpoint`` / ``model.backbone_checkpoint``) when fitting starts.
-
-        Done here rather than in ``__init__`` so that rebuilding a trained module from its checkpoint (eval,
-        predict, another machine) never needs those files; on resume Lightning restores the saved weights after.
-        """
-        if stage != "fit" or getattr(self, "_initial_weights_loaded", False):
-            return
+    def load_starting_weights(self, key: str, path: str) -> None:
+        """``model.backbone_checkpoint``: backbone weights; ``model.checkpoint``: a whole segmenter (lsknet or
+        GeoSeg layout)."""
         from lsknet.models.segmentation import load_backbone, load_segmenter_checkpoint
 
-        m = self.config.get("model") or {}
-        if m.get("backbone_checkpoint"):
-            load_backbone(self.model, m["backbone_checkpoint"])
-            log.info("loaded backbone weights from %s", m["backbone_checkpoint"])
-        if m.get("checkpoint"):
-            load_segmenter_checkpoint(self.model, m["checkpoint"])
-            log.info("loaded segmenter weights from %s", m["checkpoint"])
-        self._initial_weights_loaded = True
+        if key == "backbone_checkpoint":
+            load_backbone(self.model, path)
+        else:
+            load_segmenter_checkpoint(self.model, path)
 
     def check_checkpoint(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
         """A clear error for checkpoints of the UNetFormer head lsknet had before it followed GeoSeg."""
