@@ -24,6 +24,7 @@ from lsknet.tasks.resume import ResumableLoader
 class TrainingDiverged(LSKNetError):
     """Raised (on every process) when the loss stays non-finite for ``nan_patience`` consecutive steps."""
 
+
 log = logging.getLogger(__name__)
 
 # ``model`` keys naming the weights a run starts from (ImageNet backbone, a whole trained model).
