@@ -69,7 +69,9 @@ def test_every_detection_preset_loads_and_the_dota_one_builds():
     assert len(module.classes) == 15 and module.classes[0] == "plane" and module.classes[-1] == "helicopter"
     assert sum(p.numel() for p in module.model.parameters()) == 20_995_288
     with pytest.raises(ConfigError, match="model key"):
-        detection.build(apply_overrides(cfg, ["model={name: lsknet_t, wrong: 1}"]))
+        detection.build({**cfg, "model": {"name": "lsknet_t", "wrong": 1}})
+    with pytest.raises(ConfigError, match="unknown key model.wrong"):  # overrides are checked up front
+        apply_overrides(cfg, ["model={name: lsknet_t, wrong: 1}"])
 
 
 def test_train_validate_checkpoint_predict(tiny_data, tmp_path):

@@ -250,14 +250,15 @@ def stretch(array: np.ndarray, low: float, high: float) -> np.ndarray:
     if high <= low:  # flat image: keep it flat, mid-grey if it is not zero
         return np.full(array.shape, 0 if high <= 0 else 128, dtype=np.uint8)
     out = np.empty(array.shape, dtype=np.uint8)
-    scale = 255.0 / (high - low)
+    span = high - low
     rows = max(1, _MAX_STAT_VALUES // max(1, array[:1].size))  # float64 in row blocks: bounded memory
     for start in range(0, array.shape[0], rows):
         data = array[start : start + rows].astype(np.float64)
         if array.dtype.kind == "f":
             data = np.nan_to_num(data, nan=low, posinf=high, neginf=low, copy=False)
-        data -= low
-        data *= scale
+        data -= low  # (x - low) * 255 / (high - low), in this order (the reference's rounding)
+        data *= 255.0
+        data /= span
         out[start : start + rows] = np.clip(np.rint(data, out=data), 0, 255)
     return out
 
