@@ -149,26 +149,32 @@ class OrientedRCNN(nn.Module):
         collate does). Eval mode: per-image result dicts, each image padded on its own (see :meth:`_predict`)."""
         if not self.training:
             return self._predict(images)
+        batch, sizes = self.preprocess(images)
+        gt_rboxes, gt_labels = self.check_targets(targets, len(sizes), batch.device)
+        feats = self.extract_feats(batch)
+        proposals, losses = self.rpn_head.propose(feats, sizes, gt_rboxes)
+        losses.update(self.roi_head.loss(feats, proposals, gt_rboxes, gt_labels))
+        return losses
+
+    def check_targets(
+        self, targets: Sequence[Mapping[str, torch.Tensor]] | None, num_images: int, device: torch.device
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Training targets as ``(gt_rboxes, gt_labels)`` lists on ``device``: (G, 5) float32 rboxes and (G,) int64
+        labels per image. Raises ``ValueError`` when they are missing, fewer or more than the images, or a label is
+        outside ``[0, num_classes)``."""
         if targets is None:
             raise ValueError("training mode needs targets (call model.eval() for inference)")
-        batch, sizes = self.preprocess(images)
-        feats = self.extract_feats(batch)
-        logits, deltas = self.rpn_head(feats)
-        anchors = self.rpn_head.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], batch.device)
-        if len(targets) != len(sizes):
-            raise ValueError(f"{len(sizes)} images but {len(targets)} targets")
+        if len(targets) != num_images:
+            raise ValueError(f"{num_images} images but {len(targets)} targets")
         gt_rboxes, gt_labels = [], []
         for t in targets:
-            boxes = torch.as_tensor(t["rboxes"], dtype=torch.float32, device=batch.device).reshape(-1, 5)
-            labels = torch.as_tensor(t["labels"], dtype=torch.long, device=batch.device).reshape(-1)
+            boxes = torch.as_tensor(t["rboxes"], dtype=torch.float32, device=device).reshape(-1, 5)
+            labels = torch.as_tensor(t["labels"], dtype=torch.long, device=device).reshape(-1)
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
                 raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.tolist()[:10]}")
             gt_rboxes.append(boxes)
             gt_labels.append(labels)
-        losses = self.rpn_head.loss(logits, deltas, anchors, sizes, gt_rboxes)
-        proposals = self.rpn_head.proposals(logits, deltas, anchors, sizes, self.rpn_head.train_proposals)
-        losses.update(self.roi_head.loss(feats, proposals, gt_rboxes, gt_labels))
-        return losses
+        return gt_rboxes, gt_labels
 
     def padded_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) rounded up to multiples of ``size_divisor``: the input size of an image tested on its own."""
@@ -190,9 +196,7 @@ class OrientedRCNN(nn.Module):
         for idx in groups.values():
             batch, sub_sizes = self.preprocess([images[i] for i in idx])
             feats = self.extract_feats(batch)
-            logits, deltas = self.rpn_head(feats)
-            anchors = self.rpn_head.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], batch.device)
-            proposals = self.rpn_head.proposals(logits, deltas, anchors, sub_sizes, self.rpn_head.test_proposals)
+            proposals, _ = self.rpn_head.propose(feats, sub_sizes)
             sub_scales = [scales[i] for i in idx] if scales is not None else None
             for i, res in zip(idx, self.roi_head.predict(feats, proposals, sub_sizes, scale_factors=sub_scales)):
                 results[i] = res

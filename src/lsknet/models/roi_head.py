@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsknet.models.rpn import assign_max_iou, sample_random
+from lsknet.models.matching import MaxIoUAssigner, RandomSampler
 from lsknet.ops import DeltaXYWHTCoder, RoIAlignRotated, nms_rotated, rbox_iou
 
 
@@ -166,17 +166,21 @@ class OrientedRoIHead(nn.Module):
         boxes = proposals[:, :5]
         if self.add_gt_as_proposals and gt_rboxes.numel():
             boxes = torch.cat([gt_rboxes.to(boxes.dtype), boxes], dim=0)
-        assigned, _ = assign_max_iou(
-            rbox_iou, gt_rboxes.to(boxes.dtype), boxes, self.pos_iou_thr, self.neg_iou_thr, self.pos_iou_thr, False
+        assigner = MaxIoUAssigner(
+            pos_iou_thr=self.pos_iou_thr,
+            neg_iou_thr=self.neg_iou_thr,
+            min_pos_iou=self.pos_iou_thr,
+            match_low_quality=False,
         )
+        matches, _ = assigner(rbox_iou, gt_rboxes.to(boxes.dtype), boxes)
         if self.add_gt_as_proposals and gt_rboxes.numel():
-            assigned[: gt_rboxes.shape[0]] = torch.arange(1, gt_rboxes.shape[0] + 1, device=boxes.device)
-        pos, neg = sample_random(assigned, self.num_samples, self.pos_fraction)
+            matches[: gt_rboxes.shape[0]] = torch.arange(gt_rboxes.shape[0], device=boxes.device)
+        pos, neg = RandomSampler(num=self.num_samples, pos_fraction=self.pos_fraction)(matches)
         sampled = torch.cat([boxes[pos], boxes[neg]], dim=0)
         labels = torch.full((sampled.shape[0],), self.num_classes, dtype=torch.long, device=boxes.device)
         targets = boxes.new_zeros(pos.numel(), 5)
         if pos.numel():
-            gt_idx = assigned[pos] - 1
+            gt_idx = matches[pos]
             labels[: pos.numel()] = gt_labels[gt_idx]
             targets = self.bbox_coder.encode(boxes[pos], gt_rboxes[gt_idx].to(boxes.dtype))
         return sampled, labels, targets

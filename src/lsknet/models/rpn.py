@@ -1,5 +1,5 @@
-"""Oriented RPN (Xie et al., "Oriented R-CNN for Object Detection", ICCV 2021) and the anchor, assignment and
-sampling helpers it shares with the RoI head.
+"""Oriented RPN (Xie et al., "Oriented R-CNN for Object Detection", ICCV 2021) and its anchor generator; the
+assignment and sampling it shares with the RoI head are in :mod:`lsknet.models.matching`.
 
 The RPN predicts, for each of the 3 horizontal anchors at every location of the 5 pyramid levels, an objectness
 logit (sigmoid) and 6 midpoint-offset deltas that turn the anchor into an oriented proposal. Defaults are the
@@ -12,7 +12,7 @@ radians, le90 (see ``lsknet.ops``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
+from lsknet.models.matching import MaxIoUAssigner, RandomSampler
 from lsknet.ops import MidpointOffsetCoder, rbox_to_hbox
 
 
@@ -69,77 +70,6 @@ class AnchorGenerator:
             shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
             out.append((shifts + base[None]).reshape(-1, 4))
         return out
-
-
-def assign_max_iou(
-    iou_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    gt_boxes: torch.Tensor,
-    boxes: torch.Tensor,
-    pos_iou_thr: float,
-    neg_iou_thr: float,
-    min_pos_iou: float,
-    match_low_quality: bool,
-    chunk_size: int = 1 << 22,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max-IoU assignment (MMDetection ``MaxIoUAssigner`` semantics, ``gt_max_assign_all=True``).
-
-    ``iou_fn(gt_boxes, boxes)`` gives the (G, N) overlap matrix in whatever box format both use.
-    Returns ``(assigned, max_iou)``: ``assigned`` (N,) int64 with ``-1`` = ignored, ``0`` = negative,
-    ``k + 1`` = positive for ground truth ``k``; ``max_iou`` (N,) the best overlap of each box.
-    Negatives have ``0 <= iou < neg_iou_thr``; positives ``iou >= pos_iou_thr``; with ``match_low_quality`` every
-    ground truth whose best overlap is ``>= min_pos_iou`` also claims all boxes reaching that best overlap.
-    The matrix is computed in column chunks of about ``chunk_size`` elements so memory stays bounded.
-    """
-    num_gt, num_boxes = gt_boxes.shape[0], boxes.shape[0]
-    device = boxes.device
-    assigned = torch.full((num_boxes,), -1, dtype=torch.long, device=device)
-    if num_boxes == 0:
-        return assigned, boxes.new_zeros(0)
-    if num_gt == 0:
-        assigned.zero_()
-        return assigned, boxes.new_zeros(num_boxes)
-    step = max(1, chunk_size // num_gt)
-    chunks = []
-    max_iou = boxes.new_empty(num_boxes)
-    argmax = torch.empty(num_boxes, dtype=torch.long, device=device)
-    gt_max = boxes.new_full((num_gt,), -1.0)
-    for start in range(0, num_boxes, step):
-        iou = iou_fn(gt_boxes, boxes[start : start + step])
-        max_iou[start : start + step], argmax[start : start + step] = iou.max(dim=0)
-        gt_max = torch.maximum(gt_max, iou.max(dim=1).values)
-        if num_boxes <= step:
-            chunks.append(iou)
-    assigned[(max_iou >= 0) & (max_iou < neg_iou_thr)] = 0
-    pos = max_iou >= pos_iou_thr
-    assigned[pos] = argmax[pos] + 1
-    if match_low_quality:
-        for start in range(0, num_boxes, step):
-            iou = chunks[0] if chunks else iou_fn(gt_boxes, boxes[start : start + step])
-            hit = (iou == gt_max[:, None]) & (gt_max[:, None] >= min_pos_iou)
-            if hit.any():
-                # later ground truths override earlier ones, as in the reference loop over ground truths
-                gt_idx = torch.arange(num_gt, device=device)[:, None].expand_as(hit)
-                last = torch.where(hit, gt_idx, torch.full_like(gt_idx, -1)).max(dim=0).values
-                sel = last >= 0
-                block = assigned[start : start + step]
-                block[sel] = last[sel] + 1
-    return assigned, max_iou
-
-
-def sample_random(
-    assigned: torch.Tensor, num: int, pos_fraction: float, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random sampling of positives (``assigned > 0``) and negatives (``assigned == 0``), MMDetection
-    ``RandomSampler`` semantics: up to ``num * pos_fraction`` positives, negatives fill up to ``num``."""
-    pos = torch.nonzero(assigned > 0).flatten()
-    neg = torch.nonzero(assigned == 0).flatten()
-    num_pos = int(num * pos_fraction)
-    if pos.numel() > num_pos:
-        pos = pos[torch.randperm(pos.numel(), generator=generator, device="cpu")[:num_pos].to(pos.device)]
-    num_neg = num - pos.numel()
-    if neg.numel() > num_neg:
-        neg = neg[torch.randperm(neg.numel(), generator=generator, device="cpu")[:num_neg].to(neg.device)]
-    return pos, neg
 
 
 @dataclass
@@ -217,8 +147,45 @@ class OrientedRPNHead(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
 
+    @property
+    def assigner(self) -> MaxIoUAssigner:
+        """Anchors to ground truth (horizontal envelopes), from this head's thresholds."""
+        return MaxIoUAssigner(
+            pos_iou_thr=self.pos_iou_thr,
+            neg_iou_thr=self.neg_iou_thr,
+            min_pos_iou=self.min_pos_iou,
+            match_low_quality=self.match_low_quality,
+        )
+
+    @property
+    def sampler(self) -> RandomSampler:
+        """Anchors sampled per image for the loss."""
+        return RandomSampler(num=self.num_samples, pos_fraction=self.pos_fraction)
+
+    def propose(
+        self,
+        feats: Sequence[torch.Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        gt_rboxes: Sequence[torch.Tensor] | None = None,
+    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """The RPN step of the detector (torchvision ``RegionProposalNetwork.forward``): ``(proposals, losses)``.
+
+        Builds this head's anchors for the pyramid, picks ``train_proposals`` or ``test_proposals`` from
+        ``self.training``, and in training computes the losses against ``gt_rboxes`` (one (G, 5) rbox tensor per
+        image, required then). ``image_sizes``: (h, w) of each image before padding. Proposals: (K, 6) per image.
+        """
+        logits, deltas = self(feats)
+        anchors = self.anchor_generator.grid_anchors([f.shape[-2:] for f in feats], feats[0].device)
+        losses: dict[str, torch.Tensor] = {}
+        if self.training:
+            if gt_rboxes is None:
+                raise ValueError("the RPN needs gt_rboxes in training mode")
+            losses = self.loss(logits, deltas, anchors, image_sizes, gt_rboxes)
+        cfg = self.train_proposals if self.training else self.test_proposals
+        return self.proposals(logits, deltas, anchors, image_sizes, cfg), losses
+
     def forward(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per level: objectness logits (B, A, H, W) and deltas (B, 6A, H, W)."""
+        """Per level: objectness logits (B, A, H, W) and deltas (B, 6A, H, W) (the raw head; see :meth:`propose`)."""
         logits, deltas = [], []
         for x in feats:
             x = F.relu(self.rpn_conv(x))
@@ -263,16 +230,8 @@ class OrientedRPNHead(nn.Module):
             anchors_i = all_anchors[inside_idx]
             gts = gt_rboxes[i]
             gt_hboxes = rbox_to_hbox(gts) if gts.numel() else gts.new_zeros(0, 4)
-            assigned, _ = assign_max_iou(
-                box_iou,
-                gt_hboxes,
-                anchors_i,
-                self.pos_iou_thr,
-                self.neg_iou_thr,
-                self.min_pos_iou,
-                self.match_low_quality,
-            )
-            pos, neg = sample_random(assigned, self.num_samples, self.pos_fraction)
+            matches, _ = self.assigner(box_iou, gt_hboxes, anchors_i)
+            pos, neg = self.sampler(matches)
             num_total += max(pos.numel(), 1) + max(neg.numel(), 1)
             sel = torch.cat([pos, neg])
             target = torch.zeros(sel.numel(), device=flat_logits.device, dtype=flat_logits.dtype)
@@ -281,7 +240,7 @@ class OrientedRPNHead(nn.Module):
                 F.binary_cross_entropy_with_logits(flat_logits[i, inside_idx[sel]], target, reduction="sum")
             )
             if pos.numel():
-                reg_target = self.bbox_coder.encode(anchors_i[pos], gts[assigned[pos] - 1])
+                reg_target = self.bbox_coder.encode(anchors_i[pos], gts[matches[pos]])
                 pred = flat_deltas[i, inside_idx[pos]]
                 reg_losses.append(
                     F.smooth_l1_loss(pred, reg_target.to(pred.dtype), beta=self.smooth_l1_beta, reduction="sum")
