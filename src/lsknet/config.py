@@ -174,11 +174,13 @@ def _task_schema(task: str) -> dict[str, Any]:
             have = into.get(key)
             if isinstance(value, dict):
                 if not isinstance(have, dict):
-                    have = into[key] = {"__open__": have is not None}  # a scalar in another preset: open
+                    mixed = have is not None and have != {"null"}  # a list or scalar in another preset
+                    have = into[key] = {"__open__": mixed, "__any__": mixed}
                 have["__open__"] = have["__open__"] or not value
                 add(value, have)
             elif isinstance(have, dict):
-                have["__open__"] = True
+                if value is not None:  # e.g. data.train: a mapping in one preset, a list of them in another
+                    have["__open__"] = have["__any__"] = True
             else:
                 into[key] = (have or set()) | {_kind(value)}
 
@@ -214,7 +216,7 @@ def validate_config(cfg: dict[str, Any], source: str = "config") -> None:
         return  # unknown task: the task lookup reports it
 
     def walk(node: dict[str, Any], spec: dict[str, Any], prefix: str) -> None:
-        known = [k for k in spec if k != "__open__"]
+        known = [k for k in spec if not k.startswith("__")]
         for key, value in node.items():
             path = f"{prefix}{key}"
             if key not in spec:
@@ -227,7 +229,7 @@ def validate_config(cfg: dict[str, Any], source: str = "config") -> None:
                 raise ConfigError(f"{source}: unknown key {path}{hint}")
             expected = spec[key]
             if isinstance(expected, dict):
-                if value is None:
+                if value is None or (not isinstance(value, dict) and expected.get("__any__")):
                     continue
                 if not isinstance(value, dict):
                     raise ConfigError(f"{source}: {path} must be a mapping of settings, got {value!r}")
