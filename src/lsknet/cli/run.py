@@ -131,6 +131,8 @@ def _is_training_checkpoint(path: str) -> bool:
     Only the metadata is read (tensors memory-mapped)."""
     from lsknet.models.checkpoint import load_checkpoint_file
 
+    if Path(path).suffix.lower() == ".onnx":  # lsknet export files: the runner reads their stored config
+        return True
     obj = load_checkpoint_file(path, mmap=True)
     return isinstance(obj, dict) and isinstance((obj.get("hyper_parameters") or {}).get("config"), dict)
 
