@@ -19,7 +19,8 @@ __all__ = ["area_ratio", "effective_receptive_field", "receptive_field", "stage_
 
 def receptive_field(kernels: Sequence[Sequence[int]]) -> int:
     """Receptive field (pixels) of stacked stride-1 convs ``[(k_1, d_1), (k_2, d_2), ...]``:
-    RF_1 = k_1, RF_i = RF_{i-1} + d_i (k_i - 1). The official LSK pair ``[(5, 1), (7, 3)]`` gives 23."""
+    RF_1 = k_1 (for a dilated first conv d_1 (k_1 - 1) + 1), RF_i = RF_{i-1} + d_i (k_i - 1). The official LSK pair
+    ``[(5, 1), (7, 3)]`` gives 23, ``[(3, 1), (5, 2), (7, 3)]`` 29."""
     pairs = [(int(k), int(d)) for k, d in kernels]
     if not pairs:
         raise ValueError("receptive_field needs at least one (kernel, dilation) pair")
