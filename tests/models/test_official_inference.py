@@ -313,3 +313,25 @@ def test_presets_carry_the_official_test_resize():
     cfg = load_config("hrsc_lsknet_t_orcnn")
     cfg["model"]["name"] = "resnet18"  # a light backbone: only the plumbing is checked here
     assert OrientedDetector(cfg).model.test_resize == 800
+
+
+# ---- official float arithmetic of the proposal decode (item 6) ---------------------------------------------
+def test_official_rounding_reproduces_mmrotate_angles_at_the_le90_boundary():
+    from lsknet.ops import MidpointOffsetCoder
+
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    c = torch.rand(n, 2, generator=g) * 1000
+    wh = torch.stack([torch.rand(n, generator=g) * 40 + 4, torch.rand(n, generator=g) * 80 + 50], 1)  # tall
+    anchors = torch.cat([c - wh / 2, c + wh / 2], 1)
+    d = torch.zeros(n, 6)
+    d[:, 4:] = 1.0  # da = db = +0.5: an axis-aligned rectangle with a vertical long side
+    d[:, :2] = torch.randn(n, 2, generator=g) * 0.1
+    ref = ref_midpoint_decode(anchors, d)
+    boundary = ref[:, 4] > 0  # MMRotate writes some of them as +pi/2 - eps instead of -pi/2
+    assert 10 < int(boundary.sum()) < n // 100
+    official = MidpointOffsetCoder(official_rounding=True).decode(anchors, d)
+    assert torch.equal(official, ref)  # float for float
+    exact = MidpointOffsetCoder().decode(anchors, d)
+    assert bool((exact[boundary, 4] == -PI / 2).all() | (exact[boundary, 4] < 0).all())
+    assert OrientedRPNHead().bbox_coder.official_rounding  # the detector's default
