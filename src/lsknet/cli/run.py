@@ -144,7 +144,7 @@ def _predict_foreign_detector(args: argparse.Namespace, options: dict[str, Any])
 
     if args.overrides:
         raise ConfigError(f"{args.checkpoint}: holds no run config, so --set overrides do not apply")
-    predictor = Predictor.from_checkpoint(args.checkpoint, classes=args.classes)
+    predictor = Predictor.from_checkpoint(args.checkpoint, classes=args.classes, optimize=not args.no_optimize)
     out = Path(args.out) if args.out else Path("runs") / "predict" / time.strftime("predict-%Y%m%d-%H%M%S")
     return predict_files(predictor, list(args.sources), out, **_accepted(predict_files, options))
 
@@ -162,6 +162,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             options[name] = getattr(args, name)
     if args.skip_existing:
         options["skip_existing"] = True
+    if args.no_optimize:
+        options["optimize"] = False
     if not _is_training_checkpoint(args.checkpoint):
         result = _predict_foreign_detector(args, options)
     else:
@@ -249,6 +251,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--format", dest="formats", metavar="LIST", help="comma list of outputs: detection task1,json,"
                    "png,geojson,gpkg,shp; segmentation geojson,gpkg,shp; classify grid geotiff,geojson,gpkg")
     g.add_argument("--skip-existing", action="store_true", help="scenes whose outputs are complete are not redone")
+    p.add_argument("--no-optimize", action="store_true", help="detection: run the eager model instead of the "
+                   "lsknet.optimize_for_inference copy (same detections up to float rounding)")  # fmt: skip
     g.add_argument("--min-area", type=float, default=None, help="segmentation polygons: drop smaller (CRS units^2)")
     g.add_argument("--simplify", type=float, default=None, help="segmentation polygons: tolerance in CRS units")
     g.add_argument("--tile", type=int, default=None, help="classification grid over a raster: cell size (pixels)")

@@ -283,19 +283,23 @@ def predict(
     scale: str | tuple[float, float] | None = None,
     formats: str | list[str] | None = None,
     skip_existing: bool = False,
+    optimize: bool = True,
 ) -> dict[str, Any]:
     """Detect oriented objects in images / folders of any size; writes ``out_dir/task1/Task1_<class>.txt``,
     ``out_dir/detections.json`` and, per image, ``out_dir/vis/<image>.png`` (plain images, boxes above
     ``draw_score_thr`` drawn) or ``out_dir/scenes/<image>/`` (rasters: read window by window, vector outputs, see
     :mod:`lsknet.inference.scenes`). ``formats``: a comma list of ``task1, json, png, geojson, gpkg, shp`` (default
     all but ``shp``; plain images get GeoJSON in pixel coordinates only when asked). ``bands`` / ``scale``: see
-    :mod:`lsknet.inference.geotiff`. Under ``torchrun`` scenes (or one scene's windows) are shared among the ranks.
+    :mod:`lsknet.inference.geotiff`. ``optimize``: run :func:`lsknet.optimize_for_inference`'s copy (default) or
+    the eager model. Under ``torchrun`` scenes (or one scene's windows) are shared among the ranks.
 
     Unreadable images are skipped with a :class:`DataSkipWarning` and counted (``strict``, default
     ``data.strict``: an error instead)."""
     if strict is None:
         strict = bool((module.config.get("data") or {}).get("strict", False))
-    predictor = make_predictor(module, tile_size=tile_size, overlap=overlap, batch_size=batch_size, score_thr=score_thr)
+    predictor = make_predictor(
+        module, tile_size=tile_size, overlap=overlap, batch_size=batch_size, score_thr=score_thr, optimize=optimize
+    )
     module.eval()
     return predict_files(
         predictor, sources, out_dir, draw_score_thr=draw_score_thr, strict=strict, progress=progress, bands=bands,

@@ -1,0 +1,144 @@
+"""Inference-optimized copies of the task models (detector, segmenter) built from :mod:`lsknet.inference.optimize`.
+
+The eager model stays the single source of truth: the copy is the same module with some parts swapped, so every
+step of its forward (pre-processing, proposal decoding, NMS, RoI post-processing, ...) is the eager code.
+
+- **Backbone**: an LSKNet backbone becomes :class:`~lsknet.inference.optimize.InferenceLSKNet` (BN/layer-scale
+  folding, channels-last, fused kernels), behind the ``forward_intermediates`` / ``features_only`` call the model
+  makes; other backbones only move to channels-last memory.
+- **FPN, RPN, RoI head**: all convolutions and their weights in channels-last memory (oneDNN's direct NHWC path,
+  no NCHW<->blocked reorders per call); ``conv3x3 -> ReLU`` of the RPN and ``linear -> ReLU`` of the RoI head's
+  shared FCs run as one fused oneDNN kernel each on CPU (plain ops elsewhere). The RoI extractor reads the
+  channels-last pyramid as its feature table without a copy.
+
+Outputs equal the eager model's up to float rounding (~1e-6 relative); detections are compared in
+``tests/inference/test_optimize_models.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lsknet.inference.optimize import _use_fused, optimize_for_backbone
+from lsknet.models.backbone import LSKNet
+
+__all__ = ["optimize_detector", "optimize_segmenter"]
+
+_log = logging.getLogger(__name__)
+
+
+def _conv_relu(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``relu(conv(x))``, one oneDNN kernel on CPU float32 (same result as the two plain ops)."""
+    if _use_fused(x) and conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), 1, "relu", [], ""
+        )
+    return F.relu(conv(x))
+
+
+def _linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
+    if _use_fused(x):
+        return torch.ops.mkldnn._linear_pointwise(x, fc.weight, fc.bias, "relu", [], "")
+    return F.relu(fc(x))
+
+
+class _FusedRPNForward:
+    """Mixin over ``OrientedRPNHead``: the same outputs, ``conv3x3 + ReLU`` fused."""
+
+    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = [], []
+        for x in feats:
+            x = _conv_relu(x.contiguous(memory_format=torch.channels_last), self.rpn_conv)
+            logits.append(self.rpn_cls(x))
+            deltas.append(self.rpn_reg(x))
+        return logits, deltas
+
+
+class _FusedBBoxHeadForward:
+    """Mixin over ``RotatedBBoxHead``: shared FCs with fused ReLU."""
+
+    def forward(self, roi_feats: Tensor) -> tuple[Tensor, Tensor]:
+        x = roi_feats.flatten(1)
+        for fc in self.shared_fcs:
+            x = _linear_relu(x, fc)
+        return self.fc_cls(x), self.fc_reg(x)
+
+
+def _with_mixin(module: nn.Module, mixin: type) -> nn.Module:
+    """Give ``module`` the forward of ``mixin`` (a subclass of its own class, so every other method is kept)."""
+    cls = type(module)
+    module.__class__ = type(f"Optimized{cls.__name__}", (mixin, cls), {"__module__": __name__})
+    return module
+
+
+class _BackboneAdapter(nn.Module):
+    """An :class:`InferenceLSKNet` behind the calls a task model makes on a timm LSKNet (``forward`` /
+    ``forward_intermediates(x, indices, intermediates_only=True)``)."""
+
+    def __init__(self, fused: nn.Module) -> None:
+        super().__init__()
+        self.fused = fused
+
+    def forward_intermediates(
+        self, x: Tensor, indices: int | Sequence[int] | None = None, intermediates_only: bool = True, **_: object
+    ) -> list[Tensor]:
+        if not intermediates_only:
+            raise ValueError("the optimized backbone only returns intermediates")
+        feats = self.fused.forward_features(x.contiguous(memory_format=torch.channels_last))
+        if indices is None:
+            return feats
+        if isinstance(indices, int):
+            return feats[len(feats) - indices :]
+        return [feats[i] for i in indices]
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        return self.fused(x)
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _optimized_backbone(backbone: nn.Module) -> nn.Module:
+    """The fused LSKNet for an LSKNet backbone (bare or timm ``features_only``), else ``backbone`` channels-last."""
+    inner = getattr(backbone, "model", None)
+    if isinstance(backbone, LSKNet) or isinstance(inner, LSKNet):
+        source = backbone if isinstance(backbone, LSKNet) else inner
+        if getattr(source, "lsk_is_official", True):
+            fused = optimize_for_backbone(backbone)
+            return _BackboneAdapter(fused) if isinstance(backbone, LSKNet) else fused
+    return backbone.to(memory_format=torch.channels_last)
+
+
+def optimize_detector(model: nn.Module) -> nn.Module:
+    """Inference copy of an :class:`~lsknet.models.oriented_rcnn.OrientedRCNN` (same call, same detections up to
+    float rounding); ``model`` is left untouched."""
+    with torch.no_grad():
+        fast = _frozen(copy.deepcopy(model))
+        fast.backbone = _frozen(_optimized_backbone(fast.backbone))
+        for part in (fast.neck, fast.rpn_head, fast.roi_head):
+            part.to(memory_format=torch.channels_last)
+        _with_mixin(fast.rpn_head, _FusedRPNForward)
+        _with_mixin(fast.roi_head.bbox_head, _FusedBBoxHeadForward)
+    return _frozen(fast)
+
+
+def optimize_segmenter(model: nn.Module) -> nn.Module:
+    """Inference copy of a :class:`~lsknet.models.segmentation.Segmenter`: fused LSKNet backbone, channels-last
+    decode head; same call and outputs up to float rounding."""
+    with torch.no_grad():
+        fast = _frozen(copy.deepcopy(model))
+        fast.backbone = _frozen(_optimized_backbone(fast.backbone))
+        for part in (fast.decode_head, fast.aux_head):
+            if part is not None:
+                part.to(memory_format=torch.channels_last)
+    return _frozen(fast)
