@@ -49,9 +49,10 @@ def main(demo: Path) -> None:
     detection.predict(module, [tif], geo / "preds", overlap=0, formats="task1,json,png,geojson,gpkg", progress=True,
                       draw_score_thr=0.3)  # fmt: skip
     preview = Image.open(geo / "preds" / "scenes" / "demo_scene" / "preview.png")
-    preview.thumbnail((900, 900))
+    preview = preview.convert("RGB")
+    preview.thumbnail((640, 640))
     out = Path(__file__).with_name("scene_detection.png")
-    preview.save(out, optimize=True)
+    preview.quantize(colors=128).save(out, optimize=True)
     shutil.copy(geo / "preds" / "scenes" / "demo_scene" / "detections.geojson", geo / "detections.geojson")
     print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
 
