@@ -152,7 +152,7 @@ def test_training_on_real_aid_subset_reduces_the_loss(shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_default_demo_learns_far_above_chance(tmp_path):
-    from lsknet.tasks.classification import demo
+    from lsknet.tasks.classification_demo import demo
 
     summary = demo(tmp_path / "demo", budget_minutes=3.0)
     assert summary["test_accuracy"] >= 0.8 and summary["val_accuracy"] >= 0.8  # chance is 1/6

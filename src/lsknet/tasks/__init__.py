@@ -24,7 +24,7 @@ TASK_MODULES = {
 
 # ``lsknet demo --task NAME``: (module, function) of each task's demo.
 DEMO_ENTRIES = {
-    "classify": ("lsknet.tasks.classification", "demo"),
+    "classify": ("lsknet.tasks.classification_demo", "demo"),
     "detect": ("lsknet.tasks.detection_demo", "run_demo"),
     "segment": ("lsknet.tasks.segmentation", "demo"),
 }
