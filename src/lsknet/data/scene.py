@@ -37,27 +37,13 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lsknet.data.imageio import IMAGE_EXTENSIONS, is_image_file, load_rgb, stretch, stretch_limits  # noqa: F401
+from lsknet.data.imageio import IMAGE_EXTENSIONS, is_image_file, load_rgb  # noqa: F401
 from lsknet.errors import DatasetFormatError, DataSkipWarning
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def percentile_limits(values: np.ndarray) -> tuple[float, float] | None:
-    """The 1st and 99th percentile of the finite ``values``; None if there are none
-    (:func:`lsknet.data.imageio.stretch_limits`, kept under this name for the GeoTIFF reader)."""
-    values = np.asarray(values)
-    if values.size == 0 or (values.dtype.kind == "f" and not np.isfinite(values).any()):
-        return None
-    return stretch_limits(values)
-
-
-def stretch_to_uint8(array: np.ndarray, low: float, high: float) -> np.ndarray:
-    """:func:`lsknet.data.imageio.stretch` (kept under this name for the GeoTIFF reader)."""
-    return stretch(array, low, high)
 
 
 def load_image(path: str | Path, high_bit: str = "percentile") -> np.ndarray:

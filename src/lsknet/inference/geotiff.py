@@ -5,7 +5,7 @@
   Validity of pixels (:meth:`GeoTiffSource.valid_mask`) follows GDAL's masks: the ``nodata`` value (a pixel is
   invalid when every read band equals it), an alpha band (alpha 0) or an internal / sidecar mask.
 - The model-input rule (:meth:`GeoTiffSource.read_uint8`): 8-bit bands are used as stored; any other type is
-  stretched per scene with the rule of the scene-folder datasets (:func:`lsknet.data.scene.stretch_to_uint8`):
+  stretched per scene with the rule of the scene-folder datasets (:func:`lsknet.data.imageio.stretch`):
   the 1st..99th percentile of the valid pixels of all read bands -> 0..255, the percentiles computed once per scene
   from a decimated read (at most ``stats_size`` pixels a side, GDAL uses overviews when the file has them);
   ``scale=(MIN, MAX)`` fixes the limits instead. One band is repeated to three; three bands are R, G, B.
@@ -184,7 +184,7 @@ class GeoTiffSource:
         if self.dtype == np.uint8:
             return None
         if self._limits is None:
-            from lsknet.data.scene import percentile_limits
+            from lsknet.data.imageio import stretch_limits
 
             step = max(1, -(-max(self.height, self.width) // self.stats_size))
             shape = (max(1, self.height // step), max(1, self.width // step))
@@ -192,7 +192,8 @@ class GeoTiffSource:
             if not self._all_valid:
                 valid = np.any(self._ds.read_masks(self.bands, out_shape=(len(self.bands), *shape)) > 0, axis=0)
                 data = data[:, valid]
-            self._limits = percentile_limits(data) or (0.0, 1.0)
+            finite = data.size > 0 and bool(np.isfinite(data).any())
+            self._limits = stretch_limits(data) if finite else (0.0, 1.0)
         return self._limits
 
     def read_uint8(
@@ -200,11 +201,11 @@ class GeoTiffSource:
     ) -> np.ndarray:
         """The window as model input: ``(h, w, 3)`` uint8 (the rule in the module docstring); ``rgb=False`` keeps
         the number of bands."""
-        from lsknet.data.scene import stretch_to_uint8
+        from lsknet.data.imageio import stretch
 
         data = self.read(y, x, h, w) if data is None else data
         limits = self.intensity_limits()
-        out = data if limits is None else stretch_to_uint8(data, *limits)
+        out = data if limits is None else stretch(data, *limits)
         if not rgb:
             return out
         if out.shape[-1] == 1:
