@@ -110,12 +110,17 @@ def read_fair1m_xml(
     points or an unknown class (``classes``; None accepts any) are skipped and counted in ``report``."""
     report = report if report is not None else SkipReport(strict=strict)
     root = _parse_xml(path)
-    lines = []
+    known = set(classes) if classes is not None else None
+    lines = []  # one per object ("" for a skipped one), so parse_labeltxt's line k is object k
     for k, obj in enumerate(root.iter("object")):
         where = f"{path}:object {k + 1}"
-        name = (obj.findtext("possibleresult/name") or "").strip()
+        lines.append("")
+        name = class_from_xml(obj.findtext("possibleresult/name") or "")
         if not name:
             report.skip(where, "bad FAIR1M object", "missing <possibleresult><name>")
+            continue
+        if known is not None and name not in known:
+            report.skip(where, "unknown class", name)
             continue
         try:
             points = [_point(p.text) for p in obj.findall("points/point")]
@@ -127,8 +132,8 @@ def read_fair1m_xml(
         if len(points) != 4:
             report.skip(where, "bad FAIR1M object", f"expected 4 corners (+ the first repeated), got {len(points)}")
             continue
-        lines.append(" ".join(repr(v) for xy in points for v in xy) + f" {class_from_xml(name)} 0")
-    ann = parse_labeltxt(lines, str(path), classes, report)
+        lines[-1] = " ".join(repr(v) for xy in points for v in xy) + f" {name} 0"
+    ann = parse_labeltxt(lines, f"{path}:object", classes, report)  # zero-area / self-intersecting: "object:k"
     for key, tag in (("image", "source/filename"), ("origin", "source/origin"), ("width", "size/width"),
                      ("height", "size/height")):  # fmt: skip
         if (root.findtext(tag) or "").strip():

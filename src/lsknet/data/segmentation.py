@@ -203,16 +203,26 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file as stored: ``(H, W)`` for one-channel / palette PNGs (indices), ``(H, W, 3)`` for RGB."""
-    from PIL import Image, UnidentifiedImageError
+    """A mask file as stored: ``(H, W)`` for one-channel / palette PNGs (indices), ``(H, W, 3)`` for RGB.
+    Alpha is dropped (LA -> L, PA -> P, RGBA -> RGB), other colour modes (CMYK, YCbCr, ...) become RGB; float masks
+    must hold whole numbers. Anything undecodable is a :class:`DatasetFormatError` naming the file."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
-            if im.mode == "RGBA":
+            im.load()
+            if im.mode in ("LA", "PA"):
+                im = im.convert(im.mode[0])
+            elif im.mode not in ("1", "L", "P", "I", "F", "RGB") and not im.mode.startswith("I;"):
                 im = im.convert("RGB")
-            return np.asarray(im)
-    except (UnidentifiedImageError, OSError) as err:
+            mask = np.asarray(im)
+    except Image.DecompressionBombError as err:
+        raise DatasetFormatError(f"{path}: {err}") from None
+    except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
         raise DatasetFormatError(f"{path}: cannot decode mask ({err})") from None
+    if mask.dtype.kind == "f" and not (np.isfinite(mask).all() and (mask == np.round(mask)).all()):
+        raise DatasetFormatError(f"{path}: float mask with non-integer or non-finite values (expected class indices)")
+    return mask
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
