@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lsknet.cli.main import main
-from lsknet.data import dota
 from lsknet.data.dota import Task1Detections, check_file_name, write_task1_dir
 from lsknet.errors import LSKNetError
 from lsknet.tasks.runner import resolve_run_dir
@@ -36,23 +35,13 @@ def _patch_detections(folder) -> None:
 
 def test_disk_full_while_writing_gives_one_line_and_no_partial_files(tmp_path, monkeypatch):
     _patch_detections(tmp_path / "patches")
-    real_fdopen = os.fdopen
+    real_write_text = pathlib.Path.write_text
 
-    class FullDisk:
-        def __init__(self, handle):
-            self.handle = handle
+    def full_disk_write_text(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)  # part reaches the file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-        def write(self, text):
-            self.handle.write(text[: len(text) // 2])  # some bytes reach the temp file, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(dota.os, "fdopen", lambda fd, *a, **k: FullDisk(real_fdopen(fd, *a, **k)))
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk_write_text)
     code, err = _cli(["dota", "merge", "--src", str(tmp_path / "patches"), "--dst", str(tmp_path / "merged"),
                       "--classes", "plane,ship"])
     assert code == 2 and "Traceback" not in err

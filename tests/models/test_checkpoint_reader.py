@@ -129,7 +129,7 @@ def test_pretrained_file_goes_through_the_safe_reader(tmp_path):
 
 def test_ema_message_says_the_plain_keys_hold_the_ema_weights(tmp_path, mmrotate_file, caplog):
     src, state = mmrotate_file
-    obj = torch.load(src, map_location="cpu", weights_only=False)
+    obj = load_checkpoint_file(src)  # the safe reader (weights_only=True with the plain-data globals)
     raw = {k: v + 1 for k, v in obj["state_dict"].items() if v.is_floating_point()}
     obj["state_dict"].update({"ema_" + k.replace(".", "_"): v for k, v in raw.items()})
     path = tmp_path / "ema.pth"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
+from lsknet.atomic import atomic_target
 from lsknet.errors import CheckpointError, ConfigError
 from lsknet.models import backbone as _backbone
 
@@ -110,13 +109,9 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 80) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
     try:
-        fig.savefig(temp, dpi=dpi, format="png")
-        os.replace(temp, path)
+        with atomic_target(path) as temp:
+            fig.savefig(temp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        Path(temp).unlink(missing_ok=True)
     return path

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from lsknet.atomic import atomic_target
 from lsknet.errors import CheckpointError, ConfigError
 
 VARIANTS = {32: "lsknet_t", 64: "lsknet_s"}  # first-stage width -> variant
@@ -24,15 +24,8 @@ VARIANTS = {32: "lsknet_t", 64: "lsknet_s"}  # first-stage width -> variant
 
 def atomic_save(obj: object, path: Path) -> None:
     """``torch.save`` to a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lsknet.atomic import atomic_target
 from lsknet.data.imageio import IMAGE_EXTENSIONS
 from lsknet.errors import DatasetFormatError, DataSkipWarning
 
@@ -341,16 +340,8 @@ def check_file_name(name: str, what: str = "name") -> str:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_labeltxt(path: str | Path, ann: DOTAAnnotation, decimals: int = 2) -> None:

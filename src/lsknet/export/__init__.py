@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lsknet.atomic import atomic_target
 from lsknet.errors import CheckpointError, LSKNetError
 
 __all__ = ["EXPORT_FORMAT_VERSION", "METADATA_KEY", "ExportError", "MissingExtraError", "to_onnx"]
@@ -74,14 +75,8 @@ def model_kind(model: nn.Module) -> str:
 def _atomic_save(model_proto: Any, path: Path) -> None:
     import onnx
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         onnx.save(model_proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dynamic_axes(inputs: Sequence[str], outputs: Sequence[str], shapes: Sequence[torch.Size], kind: str) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from lsknet.atomic import atomic_target
 from lsknet.data.imageio import IMAGE_EXTENSIONS, colour_channels, list_images, load_rgb, to_rgb, to_uint8
 from lsknet.errors import CheckpointError, DatasetFormatError, DataSkipWarning
 from lsknet.ops import nms_rotated, rbox_to_corners
@@ -430,9 +430,8 @@ def draw_detections(
 
 
 def _atomic_save_png(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def detections_to_task1(results: Sequence[Detections], classes: Sequence[str] | None = None) -> dict[str, Any]:
