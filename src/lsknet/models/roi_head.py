@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsknet.models.matching import MaxIoUAssigner, RandomSampler
-from lsknet.ops import DeltaXYWHTCoder, RoIAlignRotated, nms_rotated, rbox_iou
+from lsknet.ops import DeltaXYWHTCoder, RoIAlignRotated, multiclass_nms_rotated, rbox_iou
 
 
 class RotatedRoIExtractor(nn.Module):
@@ -246,15 +246,4 @@ class OrientedRoIHead(nn.Module):
 
     def _postprocess(self, rboxes: torch.Tensor, probs: torch.Tensor, cfg: RoITestConfig) -> dict[str, torch.Tensor]:
         num_classes = probs.shape[1] - 1
-        scores = probs[:, :num_classes]
-        mask = (scores > cfg.score_thr) & torch.isfinite(rboxes).all(dim=1, keepdim=True)
-        box_idx, labels = torch.nonzero(mask, as_tuple=True)
-        cand_boxes, cand_scores = rboxes[box_idx], scores[box_idx, labels]
-        if cand_scores.numel() == 0:
-            return {
-                "rboxes": rboxes.new_zeros(0, 5),
-                "scores": rboxes.new_zeros(0),
-                "labels": torch.zeros(0, dtype=torch.long, device=rboxes.device),
-            }
-        keep = nms_rotated(cand_boxes, cand_scores, cfg.nms_iou, labels=labels, max_dets=cfg.max_per_img)
-        return {"rboxes": cand_boxes[keep], "scores": cand_scores[keep], "labels": labels[keep]}
+        return multiclass_nms_rotated(rboxes, probs[:, :num_classes], cfg.score_thr, cfg.nms_iou, cfg.max_per_img)

@@ -17,6 +17,7 @@ from lsknet.ops.boxes import (
 )
 from lsknet.ops.coders import DeltaXYWHTCoder, MidpointOffsetCoder
 from lsknet.ops.iou import poly_iof, poly_iou, rbox_iof, rbox_iou
+from lsknet.ops.multiclass_nms import multiclass_nms_rotated
 from lsknet.ops.nms import nms_rotated
 from lsknet.ops.resize import keep_ratio_size
 from lsknet.ops.roi_align_rotated import RoIAlignRotated, roi_align_rotated
@@ -28,6 +29,7 @@ __all__ = [
     "ANGLE_VERSIONS",
     "hbox_to_rbox",
     "keep_ratio_size",
+    "multiclass_nms_rotated",
     "nms_rotated",
     "poly_iof",
     "poly_iou",
