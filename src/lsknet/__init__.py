@@ -1,10 +1,11 @@
 """lsknet: LSKNet for remote sensing in pure PyTorch.
 
 The stable public API: ``create_model``, ``load_checkpoint``, ``optimize_for_inference``; the task modules
-(``SceneClassifier``, ``OrientedDetector``, ``SegmentationTask``); ``OrientedRCNN`` / ``build_oriented_rcnn`` and
-``build_segmenter``; ``Predictor`` (oriented detection on images of any size) and its ``Detections`` results;
-``SlidingWindowSegmenter``; ``evaluate_dota``; ``train`` / ``evaluate`` (the runner behind the CLI); the error types;
-and the rotated-box ops in :mod:`lsknet.ops`. ``import lsknet`` registers ``lsknet_t``/``lsknet_s`` in timm.
+(``SceneClassifier``, ``OrientedDetector``, ``SegmentationTask``); ``OrientedRCNN`` / ``build_oriented_rcnn`` /
+``build_detector`` and ``build_segmenter``; ``Predictor`` (oriented detection on images of any size) and its
+``Detections`` results; ``SlidingWindowSegmenter``; ``evaluate_dota``; ``train`` / ``evaluate`` (the runner behind
+the CLI); the error types; and the rotated-box ops in :mod:`lsknet.ops`. ``import lsknet`` registers
+``lsknet_t``/``lsknet_s`` in timm.
 Task and inference classes are imported on first use, so ``import lsknet`` does not pull in Lightning.
 """
 
@@ -28,6 +29,7 @@ _LAZY = {
     "Detections": "lsknet.inference.predictor",
     "OrientedRCNN": "lsknet.models.oriented_rcnn",
     "build_oriented_rcnn": "lsknet.models.oriented_rcnn",
+    "build_detector": "lsknet.models.detectors",
     "build_segmenter": "lsknet.models.segmentation",
     "SlidingWindowSegmenter": "lsknet.inference.sliding_window",
     "evaluate_dota": "lsknet.evaluation.dota",

@@ -135,7 +135,7 @@ def test_ema_message_says_the_plain_keys_hold_the_ema_weights(tmp_path, mmrotate
     path = tmp_path / "ema.pth"
     torch.save(obj, path)
     model = build_oriented_rcnn("lsknet_t", num_classes=3)
-    with caplog.at_level(logging.INFO, logger="lsknet.models.oriented_rcnn"):
+    with caplog.at_level(logging.INFO, logger="lsknet.models.detector_base"):
         load_detector_checkpoint(model, path)
     key = "backbone.norm4.weight"
     assert torch.equal(model.state_dict()[key], state[key])  # the plain keys are loaded

@@ -80,7 +80,7 @@ def test_variants_reach_every_task_builder():
     kw = dict(lsk_kernels=[[3, 1], [5, 2], [7, 3]], lsk_selection="spatial")
     det = lsknet.create_model("lsknet_t_orcnn", num_classes=3, **kw)
     assert det.backbone.block1[0].attn.spatial_gating_unit.conv_spatial2.dilation == (3, 3)
-    from lsknet.models.oriented_rcnn import detector_from_config
+    from lsknet.models.detectors import detector_from_config
     from lsknet.tasks.classification import build_classifier
 
     det = detector_from_config({"name": "lsknet_t", "lsk_selection": "none", "lsk_pool": None}, 3)
@@ -146,7 +146,7 @@ def test_optimize_for_inference_falls_back_to_eager_for_variants(caplog):
 
 
 def test_lsk_options_for_another_backbone_are_a_config_error():
-    from lsknet.models.oriented_rcnn import detector_from_config
+    from lsknet.models.detectors import detector_from_config
     from lsknet.tasks.classification import build_classifier
 
     with pytest.raises(ConfigError, match="lsknet_t / lsknet_s"):

@@ -192,6 +192,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"demo_{args.task}" / time.strftime("%Y%m%d-%H%M%S")
     options: dict[str, Any] = {"seed": args.seed, "overrides": list(args.overrides)}
+    if args.model is not None:
+        if args.task != "detect":
+            raise ConfigError("--model applies to --task detect only")
+        options["model"] = args.model
     if args.budget_minutes is not None:
         options["budget_minutes"] = args.budget_minutes
     print(f"lsknet demo ({args.task}): writing to {out}", file=sys.stderr, flush=True)
@@ -265,5 +269,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/demo_<task>/<time>)")
     p.add_argument("--budget-minutes", type=float, default=None, help="approximate training time budget")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", metavar="NAME", help="detect: the detector to train, lsknet_{t,s}_{orcnn,roitrans,s2anet,"
+                   "r3det} (default lsknet_t_orcnn)")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="overrides of the task's demo preset (e.g. trainer.max_epochs=2)")
     p.set_defaults(func=cmd_demo)

@@ -61,9 +61,9 @@ def require(module: str, extra: str = "export") -> Any:
 
 def model_kind(model: nn.Module) -> str:
     """``detector``, ``segmenter``, ``backbone`` (a timm ``features_only`` model) or ``classifier``."""
-    from lsknet.models.oriented_rcnn import OrientedRCNN
+    from lsknet.models.detector_base import Detector
 
-    if isinstance(model, OrientedRCNN):
+    if isinstance(model, Detector):
         return "detector"
     if hasattr(model, "decode_head") or type(model).__name__.endswith("Segmenter"):
         return "segmenter"
@@ -127,7 +127,13 @@ def to_onnx(
         example = torch.rand(size) * 255.0 if kind == "detector" else torch.randn(size)
         if kind == "detector":
             from lsknet.export.detector import DetectorGraph
+            from lsknet.models.oriented_rcnn import OrientedRCNN
 
+            if not isinstance(model, OrientedRCNN):
+                raise ExportError(
+                    f"ONNX export of {type(model).__name__} is not available: the exported detector graph is Oriented "
+                    "R-CNN's; run this detector in PyTorch (lsknet predict / eval with the .ckpt)"
+                )
             if getattr(model, "test_resize", None) is not None:
                 raise ExportError(
                     f"the detector has test_resize={model.test_resize!r}: the exported graph runs images at their own "

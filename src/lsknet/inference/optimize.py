@@ -302,21 +302,22 @@ class _CompiledWithFallback(nn.Module):
 
 
 def optimize_for_inference(model: nn.Module, *, compile: bool = False) -> nn.Module:
-    """Return an inference-optimized copy of an LSKNet classifier/backbone, a timm ``features_only`` LSKNet, an
-    Oriented R-CNN detector or a segmenter, with the same call signature and the same outputs up to float rounding.
+    """Return an inference-optimized copy of an LSKNet classifier/backbone, a timm ``features_only`` LSKNet, a
+    detector (Oriented R-CNN, RoI Transformer, S2A-Net, R3Det) or a segmenter, with the same call signature and the
+    same outputs up to float rounding.
 
     Detectors and segmenters: see :mod:`lsknet.inference.optimize_models` (fused backbone inside, channels-last
     neck/heads with fused conv+activation; ``compile`` is not applied to them). ``model`` is left untouched.
     """
-    from lsknet.models.oriented_rcnn import OrientedRCNN
+    from lsknet.models.detector_base import Detector
     from lsknet.models.segmentation import Segmenter
 
-    if isinstance(model, (OrientedRCNN, Segmenter)):
+    if isinstance(model, (Detector, Segmenter)):
         from lsknet.inference.optimize_models import optimize_detector, optimize_segmenter
 
         if compile:
             _log.warning("optimize_for_inference: compile=True is ignored for %s", type(model).__name__)
-        return optimize_detector(model) if isinstance(model, OrientedRCNN) else optimize_segmenter(model)
+        return optimize_detector(model) if isinstance(model, Detector) else optimize_segmenter(model)
     return optimize_for_backbone(model, compile=compile)
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lsknet.inference.optimize import _use_fused, optimize_for_backbone
 from lsknet.models.backbone import LSKNet
+from lsknet.models.oriented_rcnn import OrientedRCNN
 
 __all__ = ["optimize_detector", "optimize_segmenter"]
 
@@ -120,15 +121,18 @@ def _optimized_backbone(backbone: nn.Module) -> nn.Module:
 
 
 def optimize_detector(model: nn.Module) -> nn.Module:
-    """Inference copy of an :class:`~lsknet.models.oriented_rcnn.OrientedRCNN` (same call, same detections up to
-    float rounding); ``model`` is left untouched."""
+    """Inference copy of a detector (any :class:`~lsknet.models.detector_base.Detector`; same call, same detections
+    up to float rounding): the fused LSKNet backbone, channels-last neck and heads, and for Oriented R-CNN the fused
+    RPN / bbox-head forwards; ``model`` is left untouched."""
     with torch.no_grad():
         fast = _frozen(copy.deepcopy(model))
         fast.backbone = _frozen(_optimized_backbone(fast.backbone))
-        for part in (fast.neck, fast.rpn_head, fast.roi_head):
-            part.to(memory_format=torch.channels_last)
-        _with_mixin(fast.rpn_head, _FusedRPNForward)
-        _with_mixin(fast.roi_head.bbox_head, _FusedBBoxHeadForward)
+        for name, part in fast.named_children():
+            if name != "backbone":
+                part.to(memory_format=torch.channels_last)
+        if isinstance(fast, OrientedRCNN):
+            _with_mixin(fast.rpn_head, _FusedRPNForward)
+            _with_mixin(fast.roi_head.bbox_head, _FusedBBoxHeadForward)
     return _frozen(fast)
 
 

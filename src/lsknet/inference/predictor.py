@@ -171,8 +171,24 @@ def _detector_variant(obj: Any) -> str:
     return "lsknet_t"
 
 
+def _detector_kind(obj: Any, path: Path) -> str:
+    """The detector family (``orcnn``, ``roitrans``, ``s2anet``, ``r3det``) of an MMRotate checkpoint, from its
+    module names; raises :class:`CheckpointError` when none matches."""
+    from lsknet.models.checkpoint import normalize_state_dict, unwrap_checkpoint
+    from lsknet.models.detectors import detector_kind_of_state_dict
+
+    kind = detector_kind_of_state_dict(normalize_state_dict(unwrap_checkpoint(obj, use_ema=False), prefix=""))
+    if kind is None:
+        raise CheckpointError(
+            f"{path}: not a detector checkpoint of a known layout (Oriented R-CNN, RoI Transformer, S2A-Net, R3Det: "
+            "no rpn_head/roi_head/fam_head/odm_head/refine_head keys)"
+        )
+    return kind
+
+
 class Predictor:
-    """Runs an :class:`~lsknet.models.oriented_rcnn.OrientedRCNN` on images of any size.
+    """Runs a detector (any :class:`~lsknet.models.detector_base.Detector`: Oriented R-CNN, RoI Transformer,
+    S2A-Net, R3Det) on images of any size.
 
     Args:
         model: the detector (put in eval mode here).
@@ -189,7 +205,7 @@ class Predictor:
         test_resize: set the detector's keep-ratio test resize of every window (see
             :class:`~lsknet.models.oriented_rcnn.OrientedRCNN`); ``None`` keeps the model's setting.
         optimize: run the copy made by :func:`lsknet.optimize_for_inference` (same detections up to float
-            rounding, faster) when ``model`` is an Oriented R-CNN; ``False`` runs ``model`` itself (eager).
+            rounding, faster) when ``model`` is an lsknet detector; ``False`` runs ``model`` itself (eager).
     """
 
     def __init__(
@@ -228,9 +244,9 @@ class Predictor:
         self._net = self.model
         if self.optimize:
             from lsknet.inference.optimize import optimize_for_inference
-            from lsknet.models.oriented_rcnn import OrientedRCNN
+            from lsknet.models.detector_base import Detector
 
-            if isinstance(self.model, OrientedRCNN):  # other (stand-in) detectors run as given
+            if isinstance(self.model, Detector):  # other (stand-in) detectors run as given
                 self._net = optimize_for_inference(self.model)
 
     @classmethod
@@ -248,7 +264,8 @@ class Predictor:
         default read from the file's first conv, ``lsknet_t`` or ``lsknet_s``)."""
         from lsknet.data.dota import get_classes
         from lsknet.models.checkpoint import load_checkpoint_file
-        from lsknet.models.oriented_rcnn import build_oriented_rcnn, detector_from_config, load_detector_checkpoint
+        from lsknet.models.detector_base import load_detector_checkpoint
+        from lsknet.models.detectors import build_detector, detector_from_config
 
         path = Path(path)
         if not path.is_file():
@@ -277,7 +294,9 @@ class Predictor:
             meta = obj.get("meta") if isinstance(obj, dict) else None
             stored = meta.get("CLASSES") if isinstance(meta, dict) else None
             names = get_classes(classes if classes is not None else (stored or "dota1.0"))
-            model = build_oriented_rcnn(variant or _detector_variant(obj), num_classes=len(names))
+            model = build_detector(
+                f"{variant or _detector_variant(obj)}_{_detector_kind(obj, path)}", num_classes=len(names)
+            )
             load_detector_checkpoint(model, obj)
         return cls(model, names, device=device, **kwargs)
 

@@ -5,7 +5,8 @@ Names:
 - ``lsknet_t``, ``lsknet_s``: the timm backbone / classifier (any timm keyword: ``num_classes``, ``features_only``,
   ``in_chans``, ``drop_path_rate``, ...). ``checkpoint`` is read with :func:`lsknet.models.checkpoint.read_checkpoint`
   (every official layout) and loaded strictly for the backbone.
-- ``lsknet_{t,s}_orcnn``: Oriented R-CNN (``lsknet.models.oriented_rcnn.build_oriented_rcnn``).
+- ``lsknet_{t,s}_{orcnn,roitrans,s2anet,r3det}``: the detectors of the official model zoo: Oriented R-CNN, RoI
+  Transformer, S2A-Net, R3Det (``lsknet.models.detectors.build_detector``).
 - ``lsknet_{t,s}_{unetformer,upernet}``: segmentation (``lsknet.models.segmentation.build_segmenter``).
 
 The detector and segmenter builders are imported lazily, so this module works before/without them.
@@ -34,12 +35,13 @@ __all__ = ["MODEL_NAMES", "create_model", "load_checkpoint"]
 
 BACKBONES = ("lsknet_t", "lsknet_s")
 SEG_HEADS = ("unetformer", "upernet")
+DETECTOR_HEADS = ("orcnn", "roitrans", "s2anet", "r3det")
 MODEL_NAMES = (
     *BACKBONES,
-    *(f"{b}_orcnn" for b in BACKBONES),
+    *(f"{b}_{d}" for d in DETECTOR_HEADS for b in BACKBONES),
     *(f"{b}_{h}" for b in BACKBONES for h in SEG_HEADS),
 )
-_NAME_RE = re.compile(r"^(lsknet_[ts])(?:_(orcnn|unetformer|upernet))?$")
+_NAME_RE = re.compile(rf"^(lsknet_[ts])(?:_({'|'.join(DETECTOR_HEADS + SEG_HEADS)}))?$")
 
 
 def _import(module: str, attr: str, name: str) -> Any:
@@ -65,9 +67,9 @@ def create_model(name: str, checkpoint: str | Path | None = None, **kwargs: Any)
         if checkpoint is not None:
             load_backbone_weights(model, checkpoint)
         return model
-    if kind == "orcnn":
-        build = _import("lsknet.models.oriented_rcnn", "build_oriented_rcnn", name)
-        return build(variant, checkpoint=checkpoint, **kwargs)
+    if kind in DETECTOR_HEADS:
+        build = _import("lsknet.models.detectors", "build_detector", name)
+        return build(name, checkpoint=checkpoint, **kwargs)
     build = _import("lsknet.models.segmentation", "build_segmenter", name)
     return build(variant, kind, checkpoint=checkpoint, **kwargs)
 

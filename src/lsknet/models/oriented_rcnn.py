@@ -18,58 +18,38 @@ so ``load_detector_checkpoint`` reads official detector files without renaming.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lsknet.errors import CheckpointError, ConfigError
-from lsknet.models.checkpoint import load_state_dict_checked, normalize_state_dict
+from lsknet.errors import ConfigError
+from lsknet.models.detector_base import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    Detector,
+    build_detector_backbone,
+    load_backbone_checkpoint,
+    load_detector_checkpoint,
+)
 from lsknet.models.fpn import FPN
 from lsknet.models.roi_head import OrientedRoIHead, RoITestConfig
 from lsknet.models.rpn import AnchorGenerator, OrientedRPNHead, ProposalConfig
-from lsknet.ops import keep_ratio_size
 
 __all__ = [
     "PIXEL_MEAN",
     "PIXEL_STD",
     "OrientedRCNN",
     "build_oriented_rcnn",
-    "detector_from_config",
     "load_detector_checkpoint",
 ]
 
 _log = logging.getLogger(__name__)
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-_VARIANTS = {"t": "lsknet_t", "s": "lsknet_s", "lsknet_t": "lsknet_t", "lsknet_s": "lsknet_s"}
 
-
-def _check_images(images: Sequence[torch.Tensor] | torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """A list of (3, H, W) images and their (H, W); raises ``ValueError`` naming the bad image."""
-    if isinstance(images, torch.Tensor):
-        if images.ndim != 4:
-            raise ValueError(f"expected a (B, 3, H, W) tensor or a list of (3, H, W) tensors, got {images.shape}")
-        images = list(images)
-    if len(images) == 0:
-        raise ValueError("no images given")
-    sizes = []
-    for i, img in enumerate(images):
-        if img.ndim != 3 or img.shape[0] != 3:
-            raise ValueError(f"image {i}: expected shape (3, H, W) RGB, got {tuple(img.shape)}")
-        if min(img.shape[1:]) < 1:
-            raise ValueError(f"image {i}: empty image {tuple(img.shape)}")
-        sizes.append((int(img.shape[1]), int(img.shape[2])))
-    return list(images), sizes
-
-
-class OrientedRCNN(nn.Module):
+class OrientedRCNN(Detector):
     """Two-stage oriented detector composed of readable parts.
 
     Args:
@@ -102,115 +82,45 @@ class OrientedRCNN(nn.Module):
         batch_same_size: bool = False,
         test_resize: int | Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.neck = neck
+        super().__init__(backbone, neck, backbone_indices, pixel_mean, pixel_std, size_divisor, batch_same_size,
+                         test_resize)
         self.rpn_head = rpn_head
         self.roi_head = roi_head
-        self.backbone_indices = list(backbone_indices) if backbone_indices is not None else None
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
-        self.size_divisor = size_divisor
-        self.batch_same_size = batch_same_size
-        self.test_resize = test_resize
 
     @property
     def num_classes(self) -> int:
         """Number of object classes (background excluded)."""
         return self.roi_head.num_classes
 
-    def preprocess(self, images: Sequence[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """Normalise and pad a list of (3, H, W) 0..255 RGB images into a (B, 3, H', W') batch; also return each
-        image's (H, W) before padding."""
-        images, sizes = _check_images(images)
-        pad_h, pad_w = self.padded_size(max(h for h, _ in sizes), max(w for _, w in sizes))
-        device, dtype = self.pixel_mean.device, self.pixel_mean.dtype
-        batch = torch.zeros(len(images), 3, pad_h, pad_w, device=device, dtype=dtype)
-        for i, img in enumerate(images):
-            img = img.to(device=device, dtype=dtype)
-            batch[i, :, : img.shape[1], : img.shape[2]] = (img - self.pixel_mean) / self.pixel_std
-        return batch, sizes
+    @staticmethod
+    def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+        """Classes a state dict of this detector was trained for (``fc_cls`` rows minus background)."""
+        weight = state_dict.get("roi_head.bbox_head.fc_cls.weight")
+        return None if weight is None else int(weight.shape[0]) - 1
 
-    def extract_feats(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        """Pyramid features (5 levels) of a normalised, padded batch."""
-        if self.backbone_indices is not None:
-            feats = self.backbone.forward_intermediates(batch, indices=self.backbone_indices, intermediates_only=True)
-        else:
-            feats = self.backbone(batch)
-        return self.neck(list(feats))
-
-    def forward(
+    def loss_batch(
         self,
-        images: Sequence[torch.Tensor] | torch.Tensor,
-        targets: Sequence[Mapping[str, torch.Tensor]] | None = None,
-    ) -> dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]:
-        """Training (``self.training``, targets required): dict of losses ``loss_rpn_cls``, ``loss_rpn_bbox``,
-        ``loss_cls``, ``loss_bbox`` (+ ``acc``, not a loss); the batch is padded to its largest image (as MMDetection's
-        collate does). Eval mode: per-image result dicts, each image padded on its own (see :meth:`_predict`)."""
-        if not self.training:
-            return self._predict(images)
-        batch, sizes = self.preprocess(images)
-        gt_rboxes, gt_labels = self.check_targets(targets, len(sizes), batch.device)
+        batch: torch.Tensor,
+        sizes: list[tuple[int, int]],
+        gt_rboxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox`` (+ ``acc``, not a loss)."""
         feats = self.extract_feats(batch)
         proposals, losses = self.rpn_head.propose(feats, sizes, gt_rboxes)
         losses.update(self.roi_head.loss(feats, proposals, gt_rboxes, gt_labels))
         return losses
 
-    def check_targets(
-        self, targets: Sequence[Mapping[str, torch.Tensor]] | None, num_images: int, device: torch.device
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Training targets as ``(gt_rboxes, gt_labels)`` lists on ``device``: (G, 5) float32 rboxes and (G,) int64
-        labels per image. Raises ``ValueError`` when they are missing, fewer or more than the images, or a label is
-        outside ``[0, num_classes)``."""
-        if targets is None:
-            raise ValueError("training mode needs targets (call model.eval() for inference)")
-        if len(targets) != num_images:
-            raise ValueError(f"{num_images} images but {len(targets)} targets")
-        gt_rboxes, gt_labels = [], []
-        for t in targets:
-            boxes = torch.as_tensor(t["rboxes"], dtype=torch.float32, device=device).reshape(-1, 5)
-            labels = torch.as_tensor(t["labels"], dtype=torch.long, device=device).reshape(-1)
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(f"labels must be in [0, {self.num_classes}), got {labels.tolist()[:10]}")
-            gt_rboxes.append(boxes)
-            gt_labels.append(labels)
-        return gt_rboxes, gt_labels
-
-    def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """(H, W) rounded up to multiples of ``size_divisor``: the input size of an image tested on its own."""
-        d = self.size_divisor
-        return int(math.ceil(height / d) * d), int(math.ceil(width / d) * d)
-
-    def _predict(self, images: Sequence[torch.Tensor] | torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Inference with each image padded on its own to a multiple of ``size_divisor`` and run alone (official
-        batch-1 testing), so results never depend on the batch's make-up; see ``batch_same_size``."""
-        images, sizes = _check_images(images)
-        scales: list[tuple[float, float]] | None = None
-        if self.test_resize is not None:
-            images, scales = zip(*(self.resize_for_test(img) for img in images))
-            sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
-        groups: dict[object, list[int]] = {}
-        for i, (h, w) in enumerate(sizes):
-            groups.setdefault(self.padded_size(h, w) if self.batch_same_size else i, []).append(i)
-        results: list[dict[str, torch.Tensor]] = [{} for _ in images]
-        for idx in groups.values():
-            batch, sub_sizes = self.preprocess([images[i] for i in idx])
-            feats = self.extract_feats(batch)
-            proposals, _ = self.rpn_head.propose(feats, sub_sizes)
-            sub_scales = [scales[i] for i in idx] if scales is not None else None
-            for i, res in zip(idx, self.roi_head.predict(feats, proposals, sub_sizes, scale_factors=sub_scales)):
-                results[i] = res
-        return results
-
-    def resize_for_test(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
-        """One (3, H, W) 0..255 image rescaled by ``test_resize`` (keep ratio; bilinear without antialiasing and
-        rounded to integers, as OpenCV's ``INTER_LINEAR`` on 8-bit images) and its ``(w_scale, h_scale)``."""
-        h, w = int(image.shape[1]), int(image.shape[2])
-        new_h, new_w = keep_ratio_size(h, w, self.test_resize)
-        if (new_h, new_w) == (h, w):
-            return image, (1.0, 1.0)
-        out = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False)
-        return out[0].round().clamp(0, 255), (new_w / w, new_h / h)
+    def predict_batch(
+        self,
+        batch: torch.Tensor,
+        sizes: list[tuple[int, int]],
+        scale_factors: list[tuple[float, float]] | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """RPN proposals, then the rotated RoI head's decode + per-class NMS (see :class:`Detector`)."""
+        feats = self.extract_feats(batch)
+        proposals, _ = self.rpn_head.propose(feats, sizes)
+        return self.roi_head.predict(feats, proposals, sizes, scale_factors=scale_factors)
 
 
 def _dataclass_from(cls: type, value: Any, what: str) -> Any:
@@ -253,31 +163,12 @@ def build_oriented_rcnn(
         roi: keyword overrides for :class:`~lsknet.models.roi_head.OrientedRoIHead` (``test_cfg`` may be a mapping
             of :class:`RoITestConfig` fields).
     """
-    name = _VARIANTS.get(str(variant).lower().removesuffix("_orcnn"), str(variant))
-    kwargs = dict(backbone_kwargs)
-    if name in ("lsknet_t", "lsknet_s"):
-        import lsknet.models.backbone  # noqa: F401  (registers the timm models)
-
-        kwargs.setdefault("proj_drop_rate", proj_drop_rate)
-    try:
-        features = timm.create_model(name, features_only=True, drop_path_rate=drop_path_rate, **kwargs)
-    except RuntimeError as err:
-        raise ConfigError(f"unknown backbone {variant!r}: {err}") from None
-    reductions = features.feature_info.reduction()
-    indices = [i for i, r in enumerate(reductions) if r in (4, 8, 16, 32)]
-    if [reductions[i] for i in indices] != [4, 8, 16, 32]:
-        raise ConfigError(f"backbone {name!r} lacks feature levels of strides 4, 8, 16, 32 (has {reductions})")
-    channels = [features.feature_info.channels()[i] for i in indices]
-    inner = getattr(features, "model", None)
-    if inner is not None and hasattr(inner, "forward_intermediates"):
-        backbone, backbone_indices = inner, indices  # parameter names without a wrapper prefix (official layout)
-    else:
-        if len(reductions) != 4:
-            features = timm.create_model(
-                name, features_only=True, out_indices=tuple(indices), drop_path_rate=drop_path_rate, **kwargs
-            )
-        backbone, backbone_indices = features, None
-
+    backbone, backbone_indices, channels = build_detector_backbone(
+        str(variant).removesuffix("_orcnn"),
+        drop_path_rate=drop_path_rate,
+        proj_drop_rate=proj_drop_rate,
+        **backbone_kwargs,
+    )
     rpn_kw = dict(rpn or {})
     anchor_kw = {k.removeprefix("anchor_"): rpn_kw.pop(k) for k in list(rpn_kw) if k.startswith("anchor_")}
     for key in ("train_proposals", "test_proposals"):
@@ -293,97 +184,5 @@ def build_oriented_rcnn(
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint)
     elif backbone_checkpoint is not None:
-        from lsknet.models.checkpoint import load_backbone_weights
-
-        load_backbone_weights(model.backbone, backbone_checkpoint)
+        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
     return model
-
-
-MODEL_CONFIG_KEYS = (
-    "name",
-    "checkpoint",
-    "backbone_checkpoint",
-    "drop_path_rate",
-    "proj_drop_rate",
-    "fpn_channels",
-    "rpn",
-    "roi",
-    "lsk_kernels",  # LSK block ablation variants (lsknet.models.backbone.LSKModule); null = official
-    "lsk_selection",
-    "lsk_pool",
-)
-
-
-def detector_from_config(model_cfg: Mapping[str, Any], num_classes: int, load_checkpoint: bool = True) -> OrientedRCNN:
-    """Build the detector described by a run config's ``model`` section (keys :data:`MODEL_CONFIG_KEYS`).
-
-    ``load_checkpoint=False`` skips ``checkpoint`` / ``backbone_checkpoint`` (when the weights come from a
-    training checkpoint anyway).
-    """
-    cfg = dict(model_cfg or {})
-    unknown = sorted(set(cfg) - set(MODEL_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown model key(s) {unknown}; known: {', '.join(MODEL_CONFIG_KEYS)}")
-    name = cfg.pop("name", "lsknet_t")
-    from lsknet.models.backbone import lsk_kwargs
-
-    lsk_kwargs(cfg, str(name).removesuffix("_orcnn"))  # LSK block options only for LSKNet backbones
-    checkpoint = cfg.pop("checkpoint", None)
-    backbone_checkpoint = cfg.pop("backbone_checkpoint", None)
-    kwargs = {k: v for k, v in cfg.items() if v is not None}
-    return build_oriented_rcnn(
-        name,
-        num_classes=num_classes,
-        checkpoint=checkpoint if load_checkpoint else None,
-        backbone_checkpoint=backbone_checkpoint if load_checkpoint else None,
-        **kwargs,
-    )
-
-
-def _read_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
-    from lsknet.models.checkpoint import load_checkpoint_file, unwrap_checkpoint
-
-    if isinstance(source, (str, Path)):
-        return unwrap_checkpoint(load_checkpoint_file(source), use_ema=False, source=str(source)), str(source)
-    return unwrap_checkpoint(source, use_ema=False, source="state dict"), "state dict"
-
-
-def load_detector_checkpoint(
-    model: OrientedRCNN, checkpoint: str | Path | Mapping[str, Any], strict: bool = True
-) -> dict[str, list[str]]:
-    """Load an MMRotate 0.x LSKNet detector checkpoint (``{"meta", "state_dict"}``), a plain state dict, or a
-    Lightning checkpoint of this project (``model.`` prefix) into ``model``.
-
-    ``ema_*`` entries (MMDetection's EMA hook buffers) are ignored with a log note: that hook swaps the EMA weights into
-    the model before each checkpoint is saved, so the plain keys of an official EMA checkpoint (LSKNet-S*) already
-    hold the EMA weights and the ``ema_*`` buffers the raw training weights. ``module.`` prefixes are removed.
-    A checkpoint for a different number of classes, a different backbone variant, missing or unexpected
-    keys raise :class:`CheckpointError` naming them. Returns ``{"loaded": [...], "ignored": [...]}``.
-    """
-    state, source = _read_state_dict(checkpoint)
-    cleaned: dict[str, torch.Tensor] = {}
-    ignored = []
-    for key, value in normalize_state_dict(state, prefix="").items():
-        if key.startswith("ema_"):
-            ignored.append(key)
-            continue
-        cleaned[key] = value
-    if cleaned and all(k.startswith("model.") for k in cleaned):
-        cleaned = {k.removeprefix("model."): v for k, v in cleaned.items()}
-    if ignored:
-        _log.info(
-            "%s: loaded the plain keys, which hold the EMA weights (MMDetection's EMA hook swaps them in before "
-            "saving); ignored %d ema_* buffer(s) holding the raw training weights",
-            source,
-            len(ignored),
-        )
-    target = model.state_dict()
-    cls_key = "roi_head.bbox_head.fc_cls.weight"
-    if cls_key in cleaned and cleaned[cls_key].shape != target[cls_key].shape:
-        have = cleaned[cls_key].shape[0] - 1
-        raise CheckpointError(
-            f"{source}: checkpoint was trained for {have} classes but the model has {model.num_classes}; "
-            f"build the model with num_classes={have}"
-        )
-    load_state_dict_checked(model, cleaned, source=source, what="the Oriented R-CNN model", strict=strict)
-    return {"loaded": sorted(cleaned), "ignored": sorted(ignored)}

@@ -46,7 +46,7 @@ from lsknet.data.task1 import results_to_task1  # noqa: F401  (part of this modu
 from lsknet.errors import ConfigError, DatasetFormatError
 from lsknet.evaluation.dota import evaluate_dota
 from lsknet.inference.predictor import Predictor, list_image_sources, write_outputs
-from lsknet.models.oriented_rcnn import detector_from_config
+from lsknet.models.detectors import detector_from_config
 from lsknet.tasks.base import TaskModule, TrainingDiverged, make_loader  # noqa: F401 - detection.TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class OrientedDetector(TaskModule):
         """``model.checkpoint``: a whole detector (MMRotate or lsknet); ``model.backbone_checkpoint``: ImageNet
         backbone weights, ignored when a whole detector is given (as :func:`build_oriented_rcnn` does)."""
         from lsknet.models.checkpoint import load_backbone_weights
-        from lsknet.models.oriented_rcnn import load_detector_checkpoint
+        from lsknet.models.detector_base import load_detector_checkpoint
 
         if key == "checkpoint":
             load_detector_checkpoint(self.model, path)

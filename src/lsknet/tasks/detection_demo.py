@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from lsknet.config import apply_overrides, load_config
 from lsknet.data.dota import atomic_write_text, read_labeltxt_dir
 from lsknet.data.synthetic import generate_dota_scenes
+from lsknet.errors import ConfigError
 from lsknet.evaluation.dota import evaluate_dota
 from lsknet.inference.predictor import detections_to_task1, write_outputs
 
@@ -103,21 +104,46 @@ def _evaluate(predictor: Any, images_dir: Path, labels_dir: Path, classes: tuple
     return report, results
 
 
+def demo_model_section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The demo preset's ``model`` section for detector ``name``: the same backbone settings, and for a detector
+    other than Oriented R-CNN its ``demo.heads.<kind>`` overrides instead of the ``rpn`` / ``roi`` keys."""
+    from lsknet.models.detectors import split_detector_name
+
+    variant, kind = split_detector_name(name)
+    if variant not in ("lsknet_t", "lsknet_s"):
+        raise ConfigError(f"--model {name!r}: expected lsknet_{{t,s}}_{{orcnn,roitrans,s2anet,r3det}}")
+    section = dict(cfg.get("model") or {})
+    section["name"] = name
+    if kind != "orcnn":
+        section.pop("rpn", None)
+        section.pop("roi", None)
+        heads = ((cfg.get("demo") or {}).get("heads") or {}).get(kind)
+        if heads:
+            section["head"] = dict(heads)
+    return section
+
+
 def run_demo(
     out_dir: Path,
     budget_minutes: float | None = None,
     seed: int = 0,
     overrides: list[str] | None = None,
     threads: int | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Run the detection demo into ``out_dir`` (see the module docstring): a fixed schedule, or with
-    ``budget_minutes`` a wall-clock budget."""
+    ``budget_minutes`` a wall-clock budget. ``model``: the detector (``lsknet_{t,s}_{orcnn,roitrans,s2anet,r3det}``;
+    default the preset's LSKNet-T Oriented R-CNN); other detectors take the preset's ``demo.heads.<kind>``
+    settings in place of its Oriented R-CNN ``rpn`` / ``roi`` ones."""
     from lsknet.tasks import runner
     from lsknet.tasks.detection import make_predictor
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    cfg = apply_overrides(load_config("demo_detect"), list(overrides or []))
+    cfg = load_config("demo_detect")
+    if model is not None:
+        cfg["model"] = demo_model_section(cfg, model)
+    cfg = apply_overrides(cfg, list(overrides or []))
     demo_cfg = dict(cfg.pop("demo", {}) or {})
     if threads:
         torch.set_num_threads(int(threads))
@@ -182,7 +208,7 @@ def run_demo(
         )
     log.info("detect demo: %s", plan)
     print(
-        f"detection demo: {len(classes)} classes, {size}px images; training LSKNet-T Oriented R-CNN from scratch "
+        f"detection demo: {len(classes)} classes, {size}px images; training {cfg['model'].get('name')} from scratch "
         f"on {torch.get_num_threads()} thread(s) {plan}",
         flush=True,
     )
