@@ -12,12 +12,15 @@ from lsknet.models.oriented_rcnn import build_oriented_rcnn
 
 def _spread_detector(variant: str, seed: int = 0) -> torch.nn.Module:
     """Random-weight detector whose RPN objectness and class scores spread over (0, 1) like a trained model's
-    (the official init gives near-constant scores: every tie would make the comparison meaningless)."""
+    (the official init gives near-constant scores: every tie would make the comparison meaningless). Objectness
+    logits stay within about +-12, as a trained RPN's: beyond ~16.6 float32 sigmoids round to exactly 1.0, and
+    thousands of proposals tied at 1.0 would leave the choice among them to float rounding."""
     torch.manual_seed(seed)
     model = build_oriented_rcnn(variant, num_classes=15, drop_path_rate=0.0, proj_drop_rate=0.0)
     with torch.no_grad():
         rpn = model.rpn_head
-        rpn.rpn_cls.weight.normal_(0, 1.0)  # objectness logits spread over a few units (official init: ~0)
+        rpn.rpn_cls.weight.normal_(0, 0.25)  # objectness logits spread over a few units (official init: ~0)
+        rpn.rpn_cls.bias.fill_(-2.0)  # most anchors are background
         head = model.roi_head.bbox_head
         head.fc_cls.weight.normal_(0, 0.03)  # class logits spread per box and per class
         head.fc_cls.bias.copy_(torch.linspace(-3.0, 1.0, head.fc_cls.bias.numel()))

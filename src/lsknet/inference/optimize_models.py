@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lsknet.inference.optimize import _use_fused, optimize_for_backbone
 from lsknet.models.backbone import LSKNet
 from lsknet.models.oriented_rcnn import OrientedRCNN
+from lsknet.ops.winograd import winograd_conv3x3, winograd_weight
 
 __all__ = ["optimize_detector", "optimize_segmenter"]
 
@@ -49,8 +50,61 @@ def _linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
     return F.relu(fc(x))
 
 
+WINOGRAD_M = 4  # F(4x4, 3x3): 4x fewer multiply-adds than direct convolution, ~3e-6 relative rounding
+WINOGRAD_MIN_PIXELS = 48 * 48  # smaller maps: direct convolution (transform overhead not repaid)
+
+
+class _Conv3x3(nn.Module):
+    """A stride-1 3x3 ``nn.Conv2d`` (+ optional ReLU) for inference: Winograd F(m x m, 3 x 3) on CPU float32 maps
+    of at least ``WINOGRAD_MIN_PIXELS`` pixels (:func:`lsknet.ops.winograd.winograd_conv3x3`), else the conv itself
+    (fused with the ReLU where oneDNN offers it). NCHW in, NCHW channels-last out."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, m: int = WINOGRAD_M) -> None:
+        super().__init__()
+        self.conv = conv
+        self.relu = relu
+        self.m = m
+        self.padding = int(conv.padding[0])
+        self.register_buffer("weight_t", winograd_weight(conv.weight.detach(), m), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        cpu32 = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
+        if cpu32 and h * w >= WINOGRAD_MIN_PIXELS:
+            return winograd_conv3x3(x, self.weight_t, self.conv.bias, m=self.m, padding=self.padding, relu=self.relu)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return _conv_relu(x, self.conv) if self.relu else self.conv(x)
+
+
+def _winograd_ok(conv: nn.Conv2d) -> bool:
+    return (
+        conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and conv.padding[0] == conv.padding[1]
+    )
+
+
 class _FusedRPNForward:
-    """Mixin over ``OrientedRPNHead``: the same outputs, ``conv3x3 + ReLU`` fused."""
+    """Mixin over ``OrientedRPNHead``: the same outputs; ``conv3x3 + ReLU`` by :class:`_Conv3x3`, and ``rpn_cls``
+    and ``rpn_reg`` as one GEMM over the channels (their outputs are channels-last views of it)."""
+
+    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = [], []
+        na = self.rpn_cls.out_channels
+        for x in feats:
+            y = self.fast_conv(x).permute(0, 2, 3, 1)  # NHWC
+            out = F.linear(y, self.head_w, self.head_b).permute(0, 3, 1, 2)
+            logits.append(out[:, :na])
+            deltas.append(out[:, na:])
+        return logits, deltas
+
+
+class _FusedRPNConvForward:
+    """Mixin over ``OrientedRPNHead`` with a conv Winograd does not cover: ``conv3x3 + ReLU`` fused by oneDNN."""
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []
@@ -130,8 +184,20 @@ def optimize_detector(model: nn.Module) -> nn.Module:
         for name, part in fast.named_children():
             if name != "backbone":
                 part.to(memory_format=torch.channels_last)
+        # the FPN's 3x3 output convs (its forward is kept)
+        for unit in getattr(getattr(fast, "neck", None), "fpn_convs", ()):
+            if isinstance(getattr(unit, "conv", None), nn.Conv2d) and _winograd_ok(unit.conv):
+                unit.conv = _Conv3x3(unit.conv, relu=False)
         if isinstance(fast, OrientedRCNN):
-            _with_mixin(fast.rpn_head, _FusedRPNForward)
+            rpn = fast.rpn_head
+            if _winograd_ok(rpn.rpn_conv):
+                rpn.fast_conv = _Conv3x3(rpn.rpn_conv, relu=True)
+                head_w = torch.cat([rpn.rpn_cls.weight.flatten(1), rpn.rpn_reg.weight.flatten(1)])
+                rpn.register_buffer("head_w", head_w, persistent=False)
+                rpn.register_buffer("head_b", torch.cat([rpn.rpn_cls.bias, rpn.rpn_reg.bias]), persistent=False)
+                _with_mixin(rpn, _FusedRPNForward)
+            else:
+                _with_mixin(rpn, _FusedRPNConvForward)
             _with_mixin(fast.roi_head.bbox_head, _FusedBBoxHeadForward)
     return _frozen(fast)
 
