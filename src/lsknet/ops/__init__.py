@@ -21,6 +21,7 @@ from lsknet.ops.multiclass_nms import multiclass_nms_rotated
 from lsknet.ops.nms import nms_rotated
 from lsknet.ops.resize import keep_ratio_size
 from lsknet.ops.roi_align_rotated import RoIAlignRotated, roi_align_rotated
+from lsknet.ops.rotated_feature_align import rotated_feature_align
 
 __all__ = [
     "DeltaXYWHTCoder",
@@ -41,5 +42,6 @@ __all__ = [
     "rbox_to_tv_boxes",
     "regularize_rbox",
     "roi_align_rotated",
+    "rotated_feature_align",
     "tv_boxes_to_rbox",
 ]
