@@ -222,3 +222,19 @@ def test_test_path_equals_rederivation():
                                rtol=1e-4, atol=2e-3)  # fmt: skip
     torch.testing.assert_close(got["scores"], torch.tensor([s for s, _, _ in ref]))
     assert got["labels"].tolist() == [lab for _, _, lab in ref]
+
+
+@pytest.mark.parametrize("variant", ["t", "s"])
+def test_presets_and_names_build_r3det(variant):
+    from lsknet.config import load_config
+    from lsknet.models.detectors import detector_from_config
+    from lsknet.models.factory import create_model
+
+    cfg = load_config(f"dota_lsknet_{variant}_r3det")
+    assert cfg["model"]["name"] == f"lsknet_{variant}_r3det" and cfg["optim"]["lr"] == 2e-4
+    assert cfg["data"]["batch_size"] == 2  # official 8 GPUs x 2 images for T and S
+    model = detector_from_config(cfg["model"], 15)
+    assert _count(model) == OFFICIAL_TOTALS[f"lsknet_{variant}"]
+    if variant == "t":
+        named = create_model("lsknet_t_r3det", num_classes=4, head={"test_cfg": {"score_thr": 0.2}})
+        assert named.num_classes == 4 and named.refine_head[-1].test_cfg.score_thr == 0.2
