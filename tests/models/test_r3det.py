@@ -15,7 +15,7 @@ from lsknet.errors import CheckpointError, ConfigError
 from lsknet.models.oriented_rcnn import build_oriented_rcnn
 from lsknet.models.r3det import build_r3det
 from lsknet.ops import regularize_rbox, rotated_feature_align
-from tests.models.test_retina_head import _decode_ref, _official_head_keys, _poly
+from tests.models.test_retina_head import _decode_ref, _multiclass_nms_ref, _official_head_keys
 
 # Totals for 15 classes, counted from the official config and module definitions:
 #   backbone (as Oriented R-CNN's, tested there): T 3,990,190; S 13,840,892
@@ -178,17 +178,7 @@ def _get_bboxes_ref(cls_scores, bbox_preds, rois, img, size, cfg, num_classes):
         if 0 < cfg.nms_pre < len(entries):
             entries = sorted(entries, key=lambda e: -e[0])[: cfg.nms_pre]
         cands += [(_decode_ref(an, d, "oc", False, None, size), s) for _, s, d, an in entries]
-    dets = []
-    for label in range(num_classes):
-        pool = sorted(((s[label], b) for b, s in cands if s[label] > cfg.score_thr), key=lambda t: -t[0])
-        kept = []
-        for score, box in pool:
-            p = _poly(box)
-            if all(p.intersection(q).area / max(p.union(q).area, 1e-12) <= cfg.nms_iou for _, _, q in kept):
-                kept.append((score, box, p))
-        dets += [(score, box, label) for score, box, _ in kept]
-    dets.sort(key=lambda t: -t[0])
-    return dets[: cfg.max_per_img]
+    return _multiclass_nms_ref(cands, cfg, num_classes)
 
 
 def test_test_path_equals_rederivation():

@@ -132,8 +132,13 @@ def _reference_test_path(head, cls_scores, bbox_preds, img, size, scale, cfg, ve
             box = _decode_ref(an, d, version, proj, norm_factor, size)
             box = [box[0] / scale[0], box[1] / scale[1], box[2] / scale[0], box[3] / scale[1], box[4]]
             cands.append((box, s))
+    return _multiclass_nms_ref(cands, cfg, c)
+
+
+def _multiclass_nms_ref(cands, cfg, num_classes):
+    """multiclass_nms_rotated by loops: per class, greedy NMS (shapely IoU) over (box, scores) with score > thr."""
     dets = []
-    for label in range(c):
+    for label in range(num_classes):
         pool = sorted(((s[label], b) for b, s in cands if s[label] > cfg.score_thr), key=lambda t: -t[0])
         kept = []
         for score, box in pool:

@@ -10,54 +10,30 @@ import pytest
 import torch
 
 from lsknet.ops import rotated_feature_align
-
-
-def _sample(plane, y, x):
-    """MMCV bilinear_interpolate on one (H, W) plane of python floats."""
-    height, width = len(plane), len(plane[0])
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return 0.0
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_low, x_low = int(y), int(x)
-    if y_low >= height - 1:
-        y_high = y_low = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_high = x_low = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1 - ly, 1 - lx
-    return (hy * hx * plane[y_low][x_low] + hy * lx * plane[y_low][x_high] + ly * hx * plane[y_high][x_low]
-            + ly * lx * plane[y_high][x_high])  # fmt: skip
+from tests.ops.test_roi_align_rotated import bilinear_mmcv  # MMCV bilinear_interpolate, one point
 
 
 def _loop(features, boxes, scale, points, swapped=True):
-    f = features.tolist()
     bx = boxes.tolist()
-    n_, c_, h_, w_ = features.shape
+    n_, _, h_, w_ = features.shape
     out = torch.zeros_like(features)
     for n in range(n_):
-        for c in range(c_):
-            for h in range(h_):
-                for w in range(w_):
-                    b = bx[n][h][w]
-                    y, x = (b[0] * scale, b[1] * scale) if swapped else (b[1] * scale, b[0] * scale)
-                    pts = [(y, x)]
-                    if points == 5:
-                        bw, bh, a = b[2] * scale / 2, b[3] * scale / 2, b[4]
-                        # width axis (cos a, sin a), height axis (-sin a, cos a), in the (x, y) frame of the kernel
-                        for sw, sh in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
-                            px = x + sw * math.cos(a) * bw - sh * math.sin(a) * bh
-                            py = y + sw * math.sin(a) * bw + sh * math.cos(a) * bh
-                            pts.append((py, px))
-                    val = f[n][c][h][w]
-                    for py, px in pts:
-                        val += _sample(f[n][c], py, px)
-                    out[n, c, h, w] = val
+        for h in range(h_):
+            for w in range(w_):
+                b = bx[n][h][w]
+                y, x = (b[0] * scale, b[1] * scale) if swapped else (b[1] * scale, b[0] * scale)
+                pts = [(y, x)]
+                if points == 5:
+                    bw, bh, a = b[2] * scale / 2, b[3] * scale / 2, b[4]
+                    # width axis (cos a, sin a), height axis (-sin a, cos a), in the (x, y) frame of the kernel
+                    for sw, sh in ((1, 1), (-1, 1), (-1, -1), (1, -1)):
+                        px = x + sw * math.cos(a) * bw - sh * math.sin(a) * bh
+                        py = y + sw * math.sin(a) * bw + sh * math.cos(a) * bh
+                        pts.append((py, px))
+                val = features[n, :, h, w].clone()
+                for py, px in pts:
+                    val += bilinear_mmcv(features[n], py, px)
+                out[n, :, h, w] = val
     return out
 
 

@@ -26,8 +26,14 @@ import torch
 from torch import nn
 
 from lsknet.errors import ConfigError
-from lsknet.models.detector_base import Detector, build_detector_backbone, load_detector_checkpoint
+from lsknet.models.detector_base import (
+    Detector,
+    build_detector_backbone,
+    load_backbone_checkpoint,
+    load_detector_checkpoint,
+)
 from lsknet.models.fpn import FPN
+from lsknet.models.oriented_rcnn import _dataclass_from
 from lsknet.models.retina_head import RetinaTestConfig, RotatedAnchorGenerator, RotatedRetinaHead
 from lsknet.ops import DeltaXYWHTCoder, rotated_feature_align
 
@@ -181,13 +187,7 @@ def build_r3det(
     the detector. Unknown keys raise :class:`ConfigError`.
     """
     opts = dict(head or {})
-    test_cfg = opts.pop("test_cfg", None)
-    if isinstance(test_cfg, Mapping):
-        try:
-            test_cfg = RetinaTestConfig(**test_cfg)
-        except TypeError as err:
-            raise ConfigError(f"head.test_cfg: {err}") from None
-    test_cfg = test_cfg or RetinaTestConfig()
+    test_cfg = _dataclass_from(RetinaTestConfig, opts.pop("test_cfg", None), "head.test_cfg") or RetinaTestConfig()
     stages = int(opts.pop("num_refine_stages", 2))
     iou_thrs = [tuple(t) for t in opts.pop("refine_iou_thrs", REFINE_IOU_THRS)]
     if len(iou_thrs) < stages:
@@ -223,8 +223,6 @@ def build_r3det(
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint)
     elif backbone_checkpoint is not None:
-        from lsknet.models.checkpoint import load_backbone_weights
-
-        load_backbone_weights(model.backbone, backbone_checkpoint)
+        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
     return model
 
