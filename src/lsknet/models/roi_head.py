@@ -8,7 +8,7 @@ Boxes are rboxes ``(cx, cy, w, h, theta)`` in pixels and radians, le90.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,18 +65,25 @@ class RotatedRoIExtractor(nn.Module):
 
 
 class RotatedBBoxHead(nn.Module):
-    """Two shared FC layers (ReLU) then a ``num_classes + 1`` classifier and a 5-d class-agnostic regressor."""
+    """Two shared FC layers (ReLU) then a ``num_classes + 1`` classifier and a 5-d class-agnostic regressor
+    (``reg_class_agnostic=False``: 5 deltas per class, class ``k`` in outputs ``5k .. 5k + 4``)."""
 
     def __init__(
-        self, num_classes: int = 15, in_channels: int = 256, roi_size: int = 7, fc_channels: int = 1024
+        self,
+        num_classes: int = 15,
+        in_channels: int = 256,
+        roi_size: int = 7,
+        fc_channels: int = 1024,
+        reg_class_agnostic: bool = True,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.reg_class_agnostic = reg_class_agnostic
         self.shared_fcs = nn.ModuleList(
             [nn.Linear(in_channels * roi_size * roi_size, fc_channels), nn.Linear(fc_channels, fc_channels)]
         )
         self.fc_cls = nn.Linear(fc_channels, num_classes + 1)
-        self.fc_reg = nn.Linear(fc_channels, 5)
+        self.fc_reg = nn.Linear(fc_channels, 5 if reg_class_agnostic else 5 * num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -90,7 +97,7 @@ class RotatedBBoxHead(nn.Module):
         nn.init.zeros_(self.fc_reg.bias)
 
     def forward(self, roi_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, C, S, S) -> class logits (K, num_classes + 1), deltas (K, 5)."""
+        """(K, C, S, S) -> class logits (K, num_classes + 1), deltas (K, 5) or (K, 5 * num_classes)."""
         x = roi_feats.flatten(1)
         for fc in self.shared_fcs:
             x = F.relu(fc(x))
@@ -163,19 +170,16 @@ class OrientedRoIHead(nn.Module):
         self, proposals: torch.Tensor, gt_rboxes: torch.Tensor, gt_labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sampled rboxes (S, 5), their labels (background = num_classes) and regression targets for positives."""
-        boxes = proposals[:, :5]
-        if self.add_gt_as_proposals and gt_rboxes.numel():
-            boxes = torch.cat([gt_rboxes.to(boxes.dtype), boxes], dim=0)
         assigner = MaxIoUAssigner(
             pos_iou_thr=self.pos_iou_thr,
             neg_iou_thr=self.neg_iou_thr,
             min_pos_iou=self.pos_iou_thr,
             match_low_quality=False,
         )
-        matches, _ = assigner(rbox_iou, gt_rboxes.to(boxes.dtype), boxes)
-        if self.add_gt_as_proposals and gt_rboxes.numel():
-            matches[: gt_rboxes.shape[0]] = torch.arange(gt_rboxes.shape[0], device=boxes.device)
-        pos, neg = RandomSampler(num=self.num_samples, pos_fraction=self.pos_fraction)(matches)
+        sampler = RandomSampler(num=self.num_samples, pos_fraction=self.pos_fraction)
+        boxes, matches, pos, neg = assign_and_sample(
+            proposals[:, :5], gt_rboxes, rbox_iou, assigner, sampler, self.add_gt_as_proposals
+        )
         sampled = torch.cat([boxes[pos], boxes[neg]], dim=0)
         labels = torch.full((sampled.shape[0],), self.num_classes, dtype=torch.long, device=boxes.device)
         targets = boxes.new_zeros(pos.numel(), 5)
@@ -201,19 +205,8 @@ class OrientedRoIHead(nn.Module):
             labels.append(l)
             targets.append(t)
         rois = rois_from_boxes(sampled)
-        labels_t = torch.cat(labels)
         cls_logits, deltas = self.bbox_head(self.bbox_roi_extractor(feats, rois))
-        loss_cls = F.cross_entropy(cls_logits.float(), labels_t, reduction="sum") / max(labels_t.numel(), 1)
-        pos = labels_t < self.num_classes
-        if bool(pos.any()):
-            reg_t = torch.cat(targets).to(deltas.dtype)
-            loss_bbox = F.smooth_l1_loss(deltas[pos], reg_t, beta=self.smooth_l1_beta, reduction="sum")
-            loss_bbox = loss_bbox / max(labels_t.numel(), 1)
-        else:
-            loss_bbox = deltas.sum() * 0.0
-        with torch.no_grad():
-            acc = (cls_logits.argmax(dim=1) == labels_t).float().mean() * 100.0
-        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "acc": acc}
+        return bbox_head_loss(cls_logits, deltas, torch.cat(labels), torch.cat(targets), self.smooth_l1_beta)
 
     @torch.no_grad()
     def predict(
@@ -247,3 +240,50 @@ class OrientedRoIHead(nn.Module):
     def _postprocess(self, rboxes: torch.Tensor, probs: torch.Tensor, cfg: RoITestConfig) -> dict[str, torch.Tensor]:
         num_classes = probs.shape[1] - 1
         return multiclass_nms_rotated(rboxes, probs[:, :num_classes], cfg.score_thr, cfg.nms_iou, cfg.max_per_img)
+
+
+def assign_and_sample(
+    boxes: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    iou_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    assigner: MaxIoUAssigner,
+    sampler: RandomSampler,
+    add_gt_as_proposals: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image's RoI sampling (MMDetection ``assign`` then ``sample`` with ``add_gt_as_proposals``): ``boxes``
+    (N, D) are assigned to ``gt_boxes`` (G, D) (same format, ``iou_fn(gt, boxes)``); with ``add_gt_as_proposals``
+    the ground truths are then put in front, each matched to itself. Returns ``(boxes', matches, pos, neg)``:
+    the (G + N or N, D) candidates, their matches and the sampled positive / negative indices into them (a positive
+    index ``< G`` is a ground-truth box when added)."""
+    gt_boxes = gt_boxes.to(boxes.dtype)
+    matches, _ = assigner(iou_fn, gt_boxes, boxes)
+    if add_gt_as_proposals and gt_boxes.shape[0]:
+        boxes = torch.cat([gt_boxes, boxes], dim=0)
+        matches = torch.cat([torch.arange(gt_boxes.shape[0], device=boxes.device), matches])
+    pos, neg = sampler(matches)
+    return boxes, matches, pos, neg
+
+
+def bbox_head_loss(
+    cls_logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, beta: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """MMRotate ``RotatedBBoxHead.loss`` over the sampled RoIs of a batch, positives first in each image.
+
+    ``cls_logits`` (S, C + 1), ``deltas`` (S, 5) class-agnostic or (S, 5 * C) per class (the labelled class's 5 are
+    used), ``labels`` (S,) with background ``C``, ``targets`` (P, 5) for the positives in order. Softmax
+    cross-entropy averaged over the S RoIs (``loss_cls``), smooth-L1 on positives summed and divided by S
+    (``loss_bbox``), ``acc`` in percent (no gradient)."""
+    num_classes = cls_logits.shape[1] - 1
+    count = max(labels.numel(), 1)
+    loss_cls = F.cross_entropy(cls_logits.float(), labels, reduction="sum") / count
+    pos = labels < num_classes
+    if bool(pos.any()):
+        pred = deltas[pos]
+        if deltas.shape[1] != 5:
+            pred = pred.view(pred.shape[0], -1, 5)[torch.arange(pred.shape[0], device=pred.device), labels[pos]]
+        loss_bbox = F.smooth_l1_loss(pred, targets.to(pred.dtype), beta=beta, reduction="sum") / count
+    else:
+        loss_bbox = deltas.sum() * 0.0
+    with torch.no_grad():
+        acc = (cls_logits.argmax(dim=1) == labels).float().mean() * 100.0
+    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "acc": acc}

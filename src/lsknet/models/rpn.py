@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
 from lsknet.models.matching import MaxIoUAssigner, RandomSampler
-from lsknet.ops import MidpointOffsetCoder, rbox_to_hbox
+from lsknet.ops import DeltaXYWHCoder, MidpointOffsetCoder, rbox_to_hbox
 
 
 class AnchorGenerator:
@@ -88,6 +88,9 @@ class ProposalConfig:
 class OrientedRPNHead(nn.Module):
     """Oriented region proposal network over a feature pyramid.
 
+    The box-specific steps (regression targets, proposal decoding, the boxes NMS runs on) are the methods
+    ``_targets``, ``_decode``, ``_sides`` and ``_nms_boxes``; :class:`HorizontalRPNHead` overrides them.
+
     Args:
         in_channels: channels of the pyramid levels (256).
         feat_channels: channels of the shared 3x3 conv (256).
@@ -128,7 +131,7 @@ class OrientedRPNHead(nn.Module):
         num_anchors = self.anchor_generator.num_anchors
         self.rpn_conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
         self.rpn_cls = nn.Conv2d(feat_channels, num_anchors, 1)
-        self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * 6, 1)
+        self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * self.reg_dim, 1)
         self.pos_iou_thr = pos_iou_thr
         self.neg_iou_thr = neg_iou_thr
         self.min_pos_iou = min_pos_iou
@@ -185,7 +188,8 @@ class OrientedRPNHead(nn.Module):
         return self.proposals(logits, deltas, anchors, image_sizes, cfg), losses
 
     def forward(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per level: objectness logits (B, A, H, W) and deltas (B, 6A, H, W) (the raw head; see :meth:`propose`)."""
+        """Per level: objectness logits (B, A, H, W) and deltas (B, D * A, H, W), D = ``reg_dim`` (the raw head;
+        see :meth:`propose`)."""
         logits, deltas = [], []
         for x in feats:
             x = F.relu(self.rpn_conv(x))
@@ -193,13 +197,33 @@ class OrientedRPNHead(nn.Module):
             deltas.append(self.rpn_reg(x))
         return logits, deltas
 
-    @staticmethod
-    def _flatten(logits: list[torch.Tensor], deltas: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, sum HWA) logits and (B, sum HWA, 6) deltas in anchor order."""
+    #: regression outputs per anchor (six midpoint-offset deltas)
+    reg_dim = 6
+
+    def _flatten(self, logits: list[torch.Tensor], deltas: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, sum HWA) logits and (B, sum HWA, reg_dim) deltas in anchor order."""
         b = logits[0].shape[0]
         flat_logits = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1) for x in logits], dim=1)
-        flat_deltas = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, 6) for x in deltas], dim=1)
+        flat_deltas = torch.cat([x.permute(0, 2, 3, 1).reshape(b, -1, self.reg_dim) for x in deltas], dim=1)
         return flat_logits, flat_deltas
+
+    def _targets(self, anchors: torch.Tensor, gt_rboxes: torch.Tensor, gt_hboxes: torch.Tensor) -> torch.Tensor:
+        """Regression targets of positive anchors (N, 4) for their matched ground truth (N, 5 rbox, N, 4 envelope)."""
+        return self.bbox_coder.encode(anchors, gt_rboxes)
+
+    def _decode(self, anchors: torch.Tensor, deltas: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """Proposal boxes (rboxes (N, 5)) of anchors (N, 4) and their deltas (N, reg_dim)."""
+        return self.bbox_coder.decode(anchors, deltas)
+
+    @staticmethod
+    def _sides(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(width, height) of decoded proposals (the ``min_bbox_size`` filter)."""
+        return boxes[:, 2], boxes[:, 3]
+
+    @staticmethod
+    def _nms_boxes(boxes: torch.Tensor) -> torch.Tensor:
+        """The horizontal boxes the proposal NMS compares: the rboxes' envelopes."""
+        return rbox_to_hbox(boxes)
 
     def loss(
         self,
@@ -240,7 +264,7 @@ class OrientedRPNHead(nn.Module):
                 F.binary_cross_entropy_with_logits(flat_logits[i, inside_idx[sel]], target, reduction="sum")
             )
             if pos.numel():
-                reg_target = self.bbox_coder.encode(anchors_i[pos], gts[matches[pos]])
+                reg_target = self._targets(anchors_i[pos], gts[matches[pos]], gt_hboxes[matches[pos]])
                 pred = flat_deltas[i, inside_idx[pos]]
                 reg_losses.append(
                     F.smooth_l1_loss(pred, reg_target.to(pred.dtype), beta=self.smooth_l1_beta, reduction="sum")
@@ -261,13 +285,14 @@ class OrientedRPNHead(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
         cfg: ProposalConfig,
     ) -> list[torch.Tensor]:
-        """Oriented proposals per image: (K, 6) = rbox (cx, cy, w, h, theta) + objectness score, by score."""
+        """Proposals per image, by score: (K, 6) = rbox (cx, cy, w, h, theta) + objectness score (this head);
+        (K, 5) = hbox + score for :class:`HorizontalRPNHead`."""
         out = []
         for i in range(len(image_sizes)):
             scores, level_deltas, level_anchors, level_ids = [], [], [], []
             for lvl, (lg, dl, an) in enumerate(zip(logits, deltas, anchors)):
                 s = lg[i].permute(1, 2, 0).reshape(-1).sigmoid()
-                d = dl[i].permute(1, 2, 0).reshape(-1, 6)
+                d = dl[i].permute(1, 2, 0).reshape(-1, self.reg_dim)
                 if 0 < cfg.nms_pre < s.numel():
                     s, idx = s.topk(cfg.nms_pre)
                     d, an = d[idx], an[idx]
@@ -276,18 +301,55 @@ class OrientedRPNHead(nn.Module):
                 level_anchors.append(an)
                 level_ids.append(torch.full_like(s, lvl, dtype=torch.long))
             s = torch.cat(scores)
-            rboxes = self.bbox_coder.decode(torch.cat(level_anchors), torch.cat(level_deltas).float())
+            rboxes = self._decode(torch.cat(level_anchors), torch.cat(level_deltas).float(), image_sizes[i])
             ids = torch.cat(level_ids)
             # official semantics: the size filter only runs for min_bbox_size > 0 (sides >= it are kept), so
             # degenerate proposals (h = 0 when the clamped midpoint offsets meet) stay among the candidates
             valid = torch.isfinite(rboxes).all(dim=1)
             if cfg.min_bbox_size > 0:
-                valid &= (rboxes[:, 2] >= cfg.min_bbox_size) & (rboxes[:, 3] >= cfg.min_bbox_size)
+                w, h = self._sides(rboxes)
+                valid &= (w >= cfg.min_bbox_size) & (h >= cfg.min_bbox_size)
             if not bool(valid.all()):
                 rboxes, s, ids = rboxes[valid], s[valid], ids[valid]
             if rboxes.numel() == 0:
-                out.append(rboxes.new_zeros(0, 6))
+                out.append(rboxes.new_zeros(0, rboxes.shape[1] + 1))
                 continue
-            keep = batched_nms(rbox_to_hbox(rboxes), s.float(), ids, cfg.nms_iou)[: cfg.max_per_img]
+            keep = batched_nms(self._nms_boxes(rboxes), s.float(), ids, cfg.nms_iou)[: cfg.max_per_img]
             out.append(torch.cat([rboxes[keep], s[keep, None].to(rboxes.dtype)], dim=1))
         return out
+
+
+class HorizontalRPNHead(OrientedRPNHead):
+    """Horizontal region proposal network (MMDetection ``RPNHead`` / MMRotate ``RotatedRPNHead``, the first stage of
+    RoI Transformer): the same anchors, objectness, assignment (on the ground truths' envelopes), sampling and loss
+    as :class:`OrientedRPNHead`, but 4 ``DeltaXYWH`` deltas per anchor (``rpn_reg``: 4A channels) decoded into
+    horizontal proposals ``(x1, y1, x2, y2)`` clipped to the unpadded image, with horizontal NMS per level.
+
+    ``propose`` returns (K, 5) = hbox + objectness score per image. Official RoI Transformer settings: proposal
+    NMS at 0.7 for training and testing (``nms_iou``), stds 1. Takes :class:`OrientedRPNHead`'s arguments except
+    ``official_angle_rounding`` (no angles here); ``bbox_coder`` defaults to :class:`~lsknet.ops.DeltaXYWHCoder`.
+    """
+
+    reg_dim = 4
+
+    def __init__(self, *args, bbox_coder: DeltaXYWHCoder | None = None, **kwargs) -> None:
+        kwargs.pop("official_angle_rounding", None)
+        for key in ("train_proposals", "test_proposals"):
+            if kwargs.get(key) is None:
+                kwargs[key] = ProposalConfig(nms_iou=0.7)
+        super().__init__(*args, **kwargs)
+        self.bbox_coder = bbox_coder or DeltaXYWHCoder()
+
+    def _targets(self, anchors: torch.Tensor, gt_rboxes: torch.Tensor, gt_hboxes: torch.Tensor) -> torch.Tensor:
+        return self.bbox_coder.encode(anchors, gt_hboxes)
+
+    def _decode(self, anchors: torch.Tensor, deltas: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        return self.bbox_coder.decode(anchors, deltas, max_shape=image_size)
+
+    @staticmethod
+    def _sides(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+
+    @staticmethod
+    def _nms_boxes(boxes: torch.Tensor) -> torch.Tensor:
+        return boxes

@@ -15,7 +15,7 @@ from lsknet.ops.boxes import (
     regularize_rbox,
     tv_boxes_to_rbox,
 )
-from lsknet.ops.coders import DeltaXYWHTCoder, MidpointOffsetCoder
+from lsknet.ops.coders import DeltaXYWHAHCoder, DeltaXYWHCoder, DeltaXYWHTCoder, MidpointOffsetCoder
 from lsknet.ops.iou import poly_iof, poly_iou, rbox_iof, rbox_iou
 from lsknet.ops.multiclass_nms import multiclass_nms_rotated
 from lsknet.ops.nms import nms_rotated
@@ -24,6 +24,8 @@ from lsknet.ops.roi_align_rotated import RoIAlignRotated, roi_align_rotated
 from lsknet.ops.rotated_feature_align import rotated_feature_align
 
 __all__ = [
+    "DeltaXYWHAHCoder",
+    "DeltaXYWHCoder",
     "DeltaXYWHTCoder",
     "MidpointOffsetCoder",
     "RoIAlignRotated",

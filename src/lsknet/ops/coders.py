@@ -6,6 +6,9 @@
 * :class:`MidpointOffsetCoder` - horizontal anchor ``(x1, y1, x2, y2)`` <-> rbox through the six
   midpoint-offset deltas ``(dx, dy, dw, dh, da, db)`` of the oriented RPN (Xie et al., Oriented R-CNN,
   arXiv 2108.05699). Official config: means 0, stds ``(1, 1, 1, 1, 0.5, 0.5)``.
+* :class:`DeltaXYWHCoder` - hbox <-> hbox deltas of a horizontal RPN (MMDetection ``DeltaXYWHBBoxCoder``).
+* :class:`DeltaXYWHAHCoder` - horizontal RoI <-> rbox deltas of RoI Transformer's RRoI learner (MMRotate
+  ``DeltaXYWHAHBBoxCoder``).
 
 Decoding clamps the ``exp`` inputs to ``|log(wh_ratio_clip)|`` (default ``16 / 1000``), like MMRotate.
 Boxes are in pixels, angles in radians (lsknet convention, see :mod:`lsknet.ops.boxes`). The coders are
@@ -22,7 +25,7 @@ from torch import Tensor
 
 from lsknet.ops.boxes import _check_version, rbox_to_corners, rbox_to_hbox, regularize_rbox
 
-__all__ = ["DeltaXYWHTCoder", "MidpointOffsetCoder"]
+__all__ = ["DeltaXYWHAHCoder", "DeltaXYWHCoder", "DeltaXYWHTCoder", "MidpointOffsetCoder"]
 
 _WH_RATIO_CLIP = 16 / 1000
 
@@ -283,3 +286,141 @@ def _rectangle_to_rbox(rel: Tensor, cx: Tensor, cy: Tensor, version: str) -> Ten
     if version == "oc":
         return regularize_rbox(rb, "oc")
     return torch.cat([rb[..., :4], _norm_angle(rb[..., 4:], version)], dim=-1)
+
+
+def _hbox_centre_size(hboxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(N, 4) ``(x1, y1, x2, y2)`` -> centre x, centre y, width, height (MMDetection: no ``+ 1``)."""
+    return (
+        (hboxes[:, 0] + hboxes[:, 2]) * 0.5,
+        (hboxes[:, 1] + hboxes[:, 3]) * 0.5,
+        hboxes[:, 2] - hboxes[:, 0],
+        hboxes[:, 3] - hboxes[:, 1],
+    )
+
+
+class DeltaXYWHCoder:
+    """Horizontal-box deltas ``(dx, dy, dw, dh)`` of a horizontal RPN (MMDetection ``DeltaXYWHBBoxCoder``,
+    ``clip_border=True``): hboxes ``(x1, y1, x2, y2)`` in, hboxes out. RoI Transformer config: means 0, stds 1."""
+
+    def __init__(
+        self,
+        target_means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+        target_stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    ) -> None:
+        self.means = _stats(target_means, 4, "target_means")
+        self.stds = _stats(target_stds, 4, "target_stds")
+
+    def __repr__(self) -> str:
+        return f"DeltaXYWHCoder(means={self.means}, stds={self.stds})"
+
+    def encode(self, hboxes: Tensor, gt_hboxes: Tensor) -> Tensor:
+        """(N, 4) anchors and (N, 4) target hboxes -> (N, 4) normalised deltas."""
+        a, g = _check_last(hboxes, 4, "hboxes", "4"), _check_last(gt_hboxes, 4, "gt_hboxes", "4")
+        if a.shape != g.shape or a.shape[1] != 4:
+            raise ValueError(f"hboxes and gt_hboxes must both be (N, 4), got {tuple(a.shape)} and {tuple(g.shape)}")
+        px, py, pw, ph = _hbox_centre_size(a)
+        gx, gy, gw, gh = _hbox_centre_size(g)
+        deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
+        return (deltas - deltas.new_tensor(self.means)) / deltas.new_tensor(self.stds)
+
+    def decode(
+        self,
+        hboxes: Tensor,
+        deltas: Tensor,
+        max_shape: Sequence[int] | None = None,
+        wh_ratio_clip: float = _WH_RATIO_CLIP,
+    ) -> Tensor:
+        """(N, 4) anchors and (N, 4) deltas -> (N, 4) hboxes; ``max_shape`` = (height, width[, ...]) clips x to
+        ``[0, width]`` and y to ``[0, height]`` (MMDetection's ``clip_border``)."""
+        a = _check_last(hboxes, 4, "hboxes", "4")
+        d = _check_last(deltas, 4, "deltas", "4")
+        if a.shape[1] != 4 or d.shape != a.shape:
+            raise ValueError(f"hboxes (N, 4) and deltas (N, 4) disagree: {tuple(a.shape)}, {tuple(d.shape)}")
+        d = d * d.new_tensor(self.stds) + d.new_tensor(self.means)
+        px, py, pw, ph = _hbox_centre_size(a)
+        max_ratio = abs(math.log(wh_ratio_clip))
+        gw = pw * d[:, 2].clamp(-max_ratio, max_ratio).exp()
+        gh = ph * d[:, 3].clamp(-max_ratio, max_ratio).exp()
+        gx, gy = px + pw * d[:, 0], py + ph * d[:, 1]
+        out = torch.stack([gx - gw * 0.5, gy - gh * 0.5, gx + gw * 0.5, gy + gh * 0.5], dim=1)
+        if max_shape is not None:
+            h, w = float(max_shape[0]), float(max_shape[1])
+            out = torch.stack(
+                [out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)], dim=1
+            )
+        return out
+
+
+class DeltaXYWHAHCoder:
+    """Horizontal RoI ``(x1, y1, x2, y2)`` <-> rbox deltas ``(dx, dy, dw, dh, da)``: the RRoI learner of RoI
+    Transformer (MMRotate ``DeltaXYWHAHBBoxCoder``). Official config: ``angle_version="le90"``, ``norm_factor=2``,
+    ``edge_swap=True``, means 0, stds ``(0.1, 0.1, 0.2, 0.2, 1)``.
+
+    The angle delta is the target's absolute angle (the RoI has none) divided by ``norm_factor * pi``; with
+    ``edge_swap`` the target is re-expressed with w and h exchanged when that gives the smaller angle, and decoded
+    boxes come back with ``w >= h``. Angles are wrapped with MMRotate's ``(a - start) % pi + start`` as is (a
+    result that rounds to ``start + pi`` stays there), so decoded RoIs equal the official ones float for float.
+    No clamping of centres (the official decode ignores ``max_shape``).
+    """
+
+    def __init__(
+        self,
+        target_means: Sequence[float] = (0.0, 0.0, 0.0, 0.0, 0.0),
+        target_stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2, 1.0),
+        angle_version: str = "le90",
+        norm_factor: float | None = 2.0,
+        edge_swap: bool = True,
+    ) -> None:
+        self.means = _stats(target_means, 5, "target_means")
+        self.stds = _stats(target_stds, 5, "target_stds")
+        self.angle_version = _check_version(angle_version)
+        self.norm_factor = norm_factor
+        self.edge_swap = edge_swap
+
+    def __repr__(self) -> str:
+        return (
+            f"DeltaXYWHAHCoder(means={self.means}, stds={self.stds}, angle_version={self.angle_version!r}, "
+            f"norm_factor={self.norm_factor}, edge_swap={self.edge_swap})"
+        )
+
+    def encode(self, hboxes: Tensor, gt_rboxes: Tensor) -> Tensor:
+        """(N, 4) horizontal RoIs and (N, 5) target rboxes -> (N, 5) normalised deltas."""
+        a = _check_last(hboxes, 4, "hboxes", "4")
+        g = _check_last(gt_rboxes, 5, "gt_rboxes", "5")
+        if a.shape[1] != 4 or g.shape[1] != 5 or a.shape[0] != g.shape[0]:
+            raise ValueError(f"hboxes (N, 4) and gt_rboxes (N, 5) disagree: {tuple(a.shape)}, {tuple(g.shape)}")
+        px, py, pw, ph = _hbox_centre_size(a)
+        gx, gy, gw, gh, ga = g.unbind(1)
+        if self.edge_swap:
+            t1 = _norm_angle(ga, self.angle_version, half_open=False)
+            t2 = _norm_angle(ga + math.pi / 2, self.angle_version, half_open=False)
+            keep = t1.abs() < t2.abs()
+            gw, gh, ga = torch.where(keep, gw, gh), torch.where(keep, gh, gw), torch.where(keep, t1, t2)
+        else:
+            ga = _norm_angle(ga, self.angle_version, half_open=False)
+        da = ga / (self.norm_factor * math.pi) if self.norm_factor else ga
+        deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph), da], dim=1)
+        return (deltas - deltas.new_tensor(self.means)) / deltas.new_tensor(self.stds)
+
+    def decode(self, hboxes: Tensor, deltas: Tensor, wh_ratio_clip: float = _WH_RATIO_CLIP) -> Tensor:
+        """(N, 4) horizontal RoIs and (N, 5 * k) deltas -> (N, 5 * k) rboxes."""
+        a = _check_last(hboxes, 4, "hboxes", "4")
+        d = _check_last(deltas, 5, "deltas", "5 * k")
+        if a.shape[1] != 4 or a.shape[0] != d.shape[0]:
+            raise ValueError(f"hboxes (N, 4) and deltas (N, 5 * k) disagree: {tuple(a.shape)}, {tuple(d.shape)}")
+        n, k = d.shape[0], d.shape[1] // 5
+        d = d.view(n, k, 5) * d.new_tensor(self.stds) + d.new_tensor(self.means)
+        dx, dy, dw, dh, da = d.unbind(-1)
+        if self.norm_factor:
+            da = da * (self.norm_factor * math.pi)
+        px, py, pw, ph = (v.unsqueeze(1) for v in _hbox_centre_size(a))
+        max_ratio = abs(math.log(wh_ratio_clip))
+        gw = pw * dw.clamp(-max_ratio, max_ratio).exp()
+        gh = ph * dh.clamp(-max_ratio, max_ratio).exp()
+        gx, gy = px + pw * dx, py + ph * dy
+        ga = _norm_angle(da, self.angle_version, half_open=False)
+        if self.edge_swap:
+            wider = gw > gh
+            gw, gh = torch.where(wider, gw, gh), torch.where(wider, gh, gw)
+            ga = _norm_angle(torch.where(wider, ga, ga + math.pi / 2), self.angle_version, half_open=False)
+        return torch.stack([gx, gy, gw, gh, ga], dim=-1).view(n, 5 * k)
