@@ -23,32 +23,10 @@ from lsknet.models.oriented_rcnn import PIXEL_MEAN, PIXEL_STD
 from lsknet.models.roi_transformer import build_roi_transformer
 from lsknet.ops import nms_rotated
 
-PI = math.pi
+from .test_official_inference import PI, _image, assert_same_detections, ref_anchors, ref_norm_angle
 
 
-# ---- the re-derivation -----------------------------------------------------------------------------------
-def ref_anchors(featmap_sizes, strides=(4, 8, 16, 32, 64), ratios=(0.5, 1.0, 2.0), scale=8.0):
-    """mmdet AnchorGenerator (scale_major, center offset 0): ratio-major base anchors, shifted row by row."""
-    out = []
-    for (fh, fw), stride in zip(featmap_sizes, strides):
-        base = []
-        for r in ratios:
-            hr = math.sqrt(r)
-            w, h = stride * (1 / hr) * scale, stride * hr * scale
-            base.append([-0.5 * w, -0.5 * h, 0.5 * w, 0.5 * h])
-        base = torch.tensor(base, dtype=torch.float32)
-        sx = torch.arange(fw, dtype=torch.float32) * stride
-        sy = torch.arange(fh, dtype=torch.float32) * stride
-        xx, yy = sx.repeat(fh), sy.view(-1, 1).repeat(1, fw).view(-1)
-        shifts = torch.stack([xx, yy, xx, yy], dim=-1)
-        out.append((base[None, :, :] + shifts[:, None, :]).view(-1, 4))
-    return out
-
-
-def ref_norm_angle(a):
-    return (a + PI / 2) % PI - PI / 2  # MMRotate norm_angle, le90
-
-
+# ---- the re-derivation (anchors, le90 angle wrap and the comparison are Oriented R-CNN's, same official code) ----
 def ref_delta2hbox(rois, deltas, max_shape, clip=16 / 1000):
     """mmdet delta2bbox, stds 1, clip_border: x to [0, W], y to [0, H]."""
     px, py = (rois[:, 0] + rois[:, 2]) * 0.5, (rois[:, 1] + rois[:, 3]) * 0.5
@@ -181,15 +159,6 @@ def ref_simple_test(model, image, rpn_cfg):
     return ref_multiclass_nms(boxes, F.softmax(cls, dim=-1)), props, rrois
 
 
-def assert_same_detections(got, ref, tol=1e-3):
-    boxes, scores, labels = ref
-    assert got["labels"].tolist() == labels.tolist()
-    torch.testing.assert_close(got["scores"], scores, atol=1e-5, rtol=0)
-    torch.testing.assert_close(got["rboxes"][:, :4], boxes[:, :4], atol=tol, rtol=0)
-    dt = (got["rboxes"][:, 4] - boxes[:, 4] + PI / 2) % PI - PI / 2  # same rectangle: angles equal mod pi
-    assert dt.numel() == 0 or float(dt.abs().max()) < 1e-4
-
-
 RPN_TEST = {"nms_pre": 300, "max_per_img": 200}  # fewer than the official 2000 / 2000 to keep the test fast
 
 
@@ -206,11 +175,6 @@ def wild_detector():
             stage.fc_reg.weight.normal_(0, 0.05)
             stage.fc_cls.weight.normal_(0, 0.05)
     return model
-
-
-def _image(h, w, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(3, h, w, generator=g) * 255
 
 
 def test_detector_equals_official_rederivation(wild_detector):

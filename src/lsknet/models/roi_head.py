@@ -226,20 +226,36 @@ class OrientedRoIHead(nn.Module):
         rois = rois_from_boxes(proposals)
         cls_logits, deltas = self.bbox_head(self.bbox_roi_extractor(feats, rois))
         probs = F.softmax(cls_logits.float(), dim=1)
-        results = []
-        for i, size in enumerate(image_sizes):
-            sel = rois[:, 0] == i
-            # centres are clamped to [0, W - 1] x [0, H - 1] of the unpadded image (official get_bboxes)
-            boxes = self.bbox_coder.decode(rois[sel, 1:], deltas[sel].float(), max_shape=size)
-            if scale_factors is not None:
-                sw, sh = scale_factors[i]
-                boxes = boxes / boxes.new_tensor([sw, sh, sw, sh, 1.0])
-            results.append(self._postprocess(boxes, probs[sel], cfg))
-        return results
+        return detections_per_image(self.bbox_coder, rois, deltas, probs, image_sizes, cfg, scale_factors)
 
     def _postprocess(self, rboxes: torch.Tensor, probs: torch.Tensor, cfg: RoITestConfig) -> dict[str, torch.Tensor]:
         num_classes = probs.shape[1] - 1
         return multiclass_nms_rotated(rboxes, probs[:, :num_classes], cfg.score_thr, cfg.nms_iou, cfg.max_per_img)
+
+
+def detections_per_image(
+    coder: DeltaXYWHTCoder,
+    rois: torch.Tensor,
+    deltas: torch.Tensor,
+    probs: torch.Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    cfg: RoITestConfig,
+    scale_factors: Sequence[tuple[float, float]] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """MMRotate ``RotatedBBoxHead.get_bboxes`` per image: rotated ``rois`` (K, 6) (batch index first) decoded with
+    their ``deltas`` (K, 5) or (K, 5 * C), centres clamped to ``[0, W - 1] x [0, H - 1]`` of the unpadded image,
+    mapped back by ``scale_factors`` (``cx, w`` / w_scale, ``cy, h`` / h_scale, as ``rescale=True``) and put through
+    :func:`~lsknet.ops.multiclass_nms_rotated` with ``probs`` (K, C + 1) (background last)."""
+    results = []
+    for i, size in enumerate(image_sizes):
+        sel = rois[:, 0] == i
+        boxes = coder.decode(rois[sel, 1:], deltas[sel].float(), max_shape=size)
+        if scale_factors is not None:
+            sw, sh = scale_factors[i]
+            boxes = boxes / boxes.new_tensor([sw, sh, sw, sh, 1.0]).repeat(boxes.shape[1] // 5)
+        scores = probs[sel, :-1]
+        results.append(multiclass_nms_rotated(boxes, scores, cfg.score_thr, cfg.nms_iou, cfg.max_per_img))
+    return results
 
 
 def assign_and_sample(

@@ -37,9 +37,10 @@ from lsknet.models.roi_head import (
     RotatedRoIExtractor,
     assign_and_sample,
     bbox_head_loss,
+    detections_per_image,
     rois_from_boxes,
 )
-from lsknet.ops import DeltaXYWHAHCoder, DeltaXYWHTCoder, multiclass_nms_rotated, rbox_iou, rbox_to_hbox
+from lsknet.ops import DeltaXYWHAHCoder, DeltaXYWHTCoder, rbox_iou, rbox_to_hbox
 
 __all__ = ["HorizontalRoIExtractor", "RoITransRoIHead", "StageTrainConfig"]
 
@@ -233,12 +234,4 @@ class RoITransRoIHead(nn.Module):
         rois1 = torch.cat([rois0[:, :1], self.hbox_coder.decode(rois0[:, 1:], deltas0.float())], dim=1)
         cls1, deltas1 = self._stage_forward(1, feats, rois1)
         probs = F.softmax((cls0.float() + cls1.float()) / 2.0, dim=1)  # logits averaged over the stages
-        results = []
-        for i, size in enumerate(image_sizes):
-            sel = rois1[:, 0] == i
-            boxes = self.rbox_coder.decode(rois1[sel, 1:], deltas1[sel].float(), max_shape=size)
-            if scale_factors is not None:
-                sw, sh = scale_factors[i]
-                boxes = boxes / boxes.new_tensor([sw, sh, sw, sh, 1.0]).repeat(boxes.shape[1] // 5)
-            results.append(multiclass_nms_rotated(boxes, probs[sel, :-1], cfg.score_thr, cfg.nms_iou, cfg.max_per_img))
-        return results
+        return detections_per_image(self.rbox_coder, rois1, deltas1, probs, image_sizes, cfg, scale_factors)

@@ -97,14 +97,7 @@ class DeltaXYWHTCoder:
             dy = (-sin * (gx - px) + cos * (gy - py)) / ph
         else:
             dx, dy = (gx - px) / pw, (gy - py) / ph
-        if self.edge_swap:
-            d1 = _norm_angle(ga - pa, self.angle_version)
-            d2 = _norm_angle(ga - pa + math.pi / 2, self.angle_version)
-            keep = d1.abs() < d2.abs()
-            gw, gh = torch.where(keep, gw, gh), torch.where(keep, gh, gw)
-            da = torch.where(keep, d1, d2)
-        else:
-            da = _norm_angle(ga - pa, self.angle_version)
+        gw, gh, da = _closest_edges(gw, gh, ga - pa, self.angle_version, self.edge_swap)
         if self.norm_factor:
             da = da / (self.norm_factor * math.pi)
         deltas = torch.stack([dx, dy, torch.log(gw / pw), torch.log(gh / ph), da], dim=1)
@@ -145,10 +138,31 @@ class DeltaXYWHTCoder:
             gx = gx.clamp(0, max_shape[1] - 1)
             gy = gy.clamp(0, max_shape[0] - 1)
         if self.edge_swap:
-            wider = gw > gh
-            gw, gh = torch.where(wider, gw, gh), torch.where(wider, gh, gw)
-            ga = _norm_angle(torch.where(wider, ga, ga + math.pi / 2), self.angle_version)
+            gw, gh, ga = _long_edge_first(gw, gh, ga, self.angle_version)
         return torch.stack([gx, gy, gw, gh, ga], dim=-1).view(n, 5 * k)
+
+
+def _closest_edges(
+    w: Tensor, h: Tensor, angle: Tensor, version: str, edge_swap: bool, half_open: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A regression target's ``(w, h, angle)``: with ``edge_swap`` the box is re-expressed with w and h exchanged
+    (angle + pi/2) when that makes the wrapped angle smaller in magnitude (MMRotate's edge swap)."""
+    d1 = _norm_angle(angle, version, half_open)
+    if not edge_swap:
+        return w, h, d1
+    d2 = _norm_angle(angle + math.pi / 2, version, half_open)
+    keep = d1.abs() < d2.abs()
+    return torch.where(keep, w, h), torch.where(keep, h, w), torch.where(keep, d1, d2)
+
+
+def _long_edge_first(w: Tensor, h: Tensor, angle: Tensor, version: str, half_open: bool = True) -> tuple[Tensor, ...]:
+    """Decoded boxes with ``w > h`` kept, others swapped and turned by pi/2 (MMRotate's edge swap on decode)."""
+    wider = w > h
+    return (
+        torch.where(wider, w, h),
+        torch.where(wider, h, w),
+        _norm_angle(torch.where(wider, angle, angle + math.pi / 2), version, half_open),
+    )
 
 
 class MidpointOffsetCoder:
@@ -391,13 +405,7 @@ class DeltaXYWHAHCoder:
             raise ValueError(f"hboxes (N, 4) and gt_rboxes (N, 5) disagree: {tuple(a.shape)}, {tuple(g.shape)}")
         px, py, pw, ph = _hbox_centre_size(a)
         gx, gy, gw, gh, ga = g.unbind(1)
-        if self.edge_swap:
-            t1 = _norm_angle(ga, self.angle_version, half_open=False)
-            t2 = _norm_angle(ga + math.pi / 2, self.angle_version, half_open=False)
-            keep = t1.abs() < t2.abs()
-            gw, gh, ga = torch.where(keep, gw, gh), torch.where(keep, gh, gw), torch.where(keep, t1, t2)
-        else:
-            ga = _norm_angle(ga, self.angle_version, half_open=False)
+        gw, gh, ga = _closest_edges(gw, gh, ga, self.angle_version, self.edge_swap, half_open=False)
         da = ga / (self.norm_factor * math.pi) if self.norm_factor else ga
         deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph), da], dim=1)
         return (deltas - deltas.new_tensor(self.means)) / deltas.new_tensor(self.stds)
@@ -420,7 +428,5 @@ class DeltaXYWHAHCoder:
         gx, gy = px + pw * dx, py + ph * dy
         ga = _norm_angle(da, self.angle_version, half_open=False)
         if self.edge_swap:
-            wider = gw > gh
-            gw, gh = torch.where(wider, gw, gh), torch.where(wider, gh, gw)
-            ga = _norm_angle(torch.where(wider, ga, ga + math.pi / 2), self.angle_version, half_open=False)
+            gw, gh, ga = _long_edge_first(gw, gh, ga, self.angle_version, half_open=False)
         return torch.stack([gx, gy, gw, gh, ga], dim=-1).view(n, 5 * k)
