@@ -7,7 +7,7 @@ Usage::
     losses = model(images, targets)                               # train mode: dict of losses
     model.eval(); results = model(images)                         # list of {"rboxes", "scores", "labels"}
 
-Inputs, outputs and box conventions are those of :class:`~lsknet.models.oriented_rcnn.OrientedRCNN` (le90 rboxes
+Inputs, outputs and box conventions are those of every :class:`~lsknet.models.detector_base.Detector` (le90 rboxes
 in input pixels). Parameter names equal the MMRotate checkpoints of that config (``backbone.*``, ``neck.*``,
 ``rpn_head.rpn_{conv,cls,reg}``, ``roi_head.bbox_head.{0,1}.*``) so official files load strictly.
 
@@ -17,26 +17,82 @@ Losses: ``loss_rpn_cls``, ``loss_rpn_bbox`` and per stage ``loss_cls_s{i}``, ``l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from lsknet.errors import ConfigError
-from lsknet.models.oriented_rcnn import OrientedRCNN, _dataclass_from, build_oriented_rcnn, load_detector_checkpoint
+from lsknet.models.detector_base import (
+    Detector,
+    build_detector_backbone,
+    load_backbone_checkpoint,
+    load_detector_checkpoint,
+)
+from lsknet.models.fpn import FPN
+from lsknet.models.oriented_rcnn import _dataclass_from
 from lsknet.models.roi_head import RoITestConfig
 from lsknet.models.roi_trans_head import RoITransRoIHead, StageTrainConfig
 from lsknet.models.rpn import AnchorGenerator, HorizontalRPNHead, ProposalConfig
 
 __all__ = ["RoITransformer", "build_roi_transformer"]
 
-_VARIANTS = {"t": "lsknet_t", "s": "lsknet_s"}
 
+class RoITransformer(Detector):
+    """RoI Transformer composed of readable parts: ``backbone``, ``neck`` (see
+    :class:`~lsknet.models.detector_base.Detector` for the input handling and its options), ``rpn_head`` (a
+    :class:`~lsknet.models.rpn.HorizontalRPNHead`) and ``roi_head`` (a
+    :class:`~lsknet.models.roi_trans_head.RoITransRoIHead`)."""
 
-class RoITransformer(OrientedRCNN):
-    """RoI Transformer composed of readable parts (``backbone``, ``neck``, ``rpn_head``: a
-    :class:`~lsknet.models.rpn.HorizontalRPNHead`, ``roi_head``: a
-    :class:`~lsknet.models.roi_trans_head.RoITransRoIHead`); the rest as :class:`OrientedRCNN`, whose
-    training and test flow (RPN ``propose`` then RoI head ``loss`` / ``predict``) it shares."""
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: FPN,
+        rpn_head: HorizontalRPNHead,
+        roi_head: RoITransRoIHead,
+        backbone_indices: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(backbone, neck, backbone_indices, **kwargs)
+        self.rpn_head = rpn_head
+        self.roi_head = roi_head
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes (background excluded)."""
+        return self.roi_head.num_classes
+
+    @staticmethod
+    def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+        """Classes a state dict of this detector was trained for (last stage's ``fc_cls`` rows minus background)."""
+        weight = state_dict.get("roi_head.bbox_head.1.fc_cls.weight")
+        return None if weight is None else int(weight.shape[0]) - 1
+
+    def loss_batch(
+        self,
+        batch: torch.Tensor,
+        sizes: list[tuple[int, int]],
+        gt_rboxes: list[torch.Tensor],
+        gt_labels: list[torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """RPN losses, then both RoI stages' (see the module docstring for the keys)."""
+        feats = self.extract_feats(batch)
+        proposals, losses = self.rpn_head.propose(feats, sizes, gt_rboxes)
+        losses.update(self.roi_head.loss(feats, proposals, gt_rboxes, gt_labels))
+        return losses
+
+    def predict_batch(
+        self,
+        batch: torch.Tensor,
+        sizes: list[tuple[int, int]],
+        scale_factors: list[tuple[float, float]] | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Horizontal proposals, then the two RoI stages, logits averaged, per-class NMS (see :class:`Detector`)."""
+        feats = self.extract_feats(batch)
+        proposals, _ = self.rpn_head.propose(feats, sizes)
+        return self.roi_head.predict(feats, proposals, sizes, scale_factors=scale_factors)
 
 
 def _proposal_cfg(value: Any, what: str) -> ProposalConfig | None:
@@ -97,16 +153,10 @@ def build_roi_transformer(
             :class:`RoITestConfig` fields; ``train_cfg``: one mapping of :class:`StageTrainConfig` fields for both
             stages or a list of two; ``stage_loss_weights``, ``fc_channels``, ``smooth_l1_beta``).
     """
-    name = str(variant).lower().removesuffix("_roitrans")
-    name = _VARIANTS.get(name, name)
-    # the backbone and FPN exactly as Oriented R-CNN builds them (the same official settings)
-    base = build_oriented_rcnn(
-        name,
-        num_classes=1,
+    backbone, backbone_indices, channels = build_detector_backbone(
+        str(variant).removesuffix("_roitrans"),
         drop_path_rate=drop_path_rate,
         proj_drop_rate=proj_drop_rate,
-        fpn_channels=fpn_channels,
-        roi={"fc_channels": 1},
         **backbone_kwargs,
     )
     head_kw = dict(head or {})
@@ -129,12 +179,10 @@ def build_roi_transformer(
         roi_head = RoITransRoIHead(num_classes, fpn_channels, **head_kw)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"bad RoI Transformer option: {err}") from None
-    model = RoITransformer(base.backbone, base.neck, rpn_head, roi_head, base.backbone_indices)
+    model = RoITransformer(backbone, FPN(channels, fpn_channels, 5), rpn_head, roi_head, backbone_indices)
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint)
     elif backbone_checkpoint is not None:
-        from lsknet.models.checkpoint import load_backbone_weights
-
-        load_backbone_weights(model.backbone, backbone_checkpoint)
+        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
     return model
 
