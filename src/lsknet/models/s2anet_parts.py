@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +18,10 @@ from torch import nn
 from torchvision.ops import DeformConv2d
 
 from lsknet.models.fpn import ConvUnit
+from lsknet.models.retina_head import RotatedAnchorGenerator, RotatedRetinaHead
 from lsknet.ops.orconv import active_rotated_filter, align_conv_offsets, arf_indices, rotation_invariant_pool
 
-__all__ = ["AlignConv", "AlignConvModule", "ODMLayers", "ORConv2d"]
+__all__ = ["AlignConv", "AlignConvModule", "ODMRefineHead", "ORConv2d"]
 
 
 class ORConv2d(nn.Module):
@@ -98,17 +100,29 @@ class AlignConvModule(nn.Module):
         return [ac(x, r) for ac, x, r in zip(self.ac, feats, rboxes)]
 
 
-class ODMLayers(nn.Module):
-    """The layers of the oriented detection module (MMRotate ``ODMRefineHead``): an oriented convolution
-    ``or_conv`` (256 -> 32 filters x 8 rotations), rotation-invariant pooling (max over the 8 rotations) feeding the
-    classification branch, the orientation-sensitive map feeding the regression branch, two 3x3 conv + ReLU per
-    branch, ``odm_cls`` (sigmoid class logits) and ``odm_reg`` (5 deltas), both 3x3."""
+class ODMRefineHead(RotatedRetinaHead):
+    """Head of the oriented detection module (MMRotate ``ODMRefineHead``): the training targets, losses and test
+    path of :class:`~lsknet.models.retina_head.RotatedRetinaHead` on anchors passed in (the FAM's refined boxes, one
+    per location), with its own layers: an oriented convolution ``or_conv`` (``in_channels`` -> ``feat_channels / 8``
+    filters x 8 rotations), rotation-invariant pooling (max over the 8 rotations) feeding the classification tower,
+    the orientation-sensitive map feeding the regression tower, ``stacked_convs`` 3x3 conv + ReLU per tower,
+    ``odm_cls`` (sigmoid class logits) and ``odm_reg`` (5 deltas), both 3x3. Keyword arguments go to
+    :class:`~lsknet.models.retina_head.RotatedRetinaHead` (coder, assigner thresholds, losses, ``test_cfg``).
+    """
 
     def __init__(
-        self, num_classes: int = 15, in_channels: int = 256, feat_channels: int = 256, stacked_convs: int = 2
+        self,
+        num_classes: int = 15,
+        in_channels: int = 256,
+        feat_channels: int = 256,
+        stacked_convs: int = 2,
+        featmap_strides: Sequence[int] = (8, 16, 32, 64, 128),
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
+        generator = RotatedAnchorGenerator(featmap_strides, ratios=(1.0,), scales=(1.0,))  # strides / valid flags
+        kwargs.setdefault("assign_by_circumhbbox", None)
+        super().__init__(num_classes, in_channels, feat_channels, 0, anchor_generator=generator, **kwargs)
+        del self.cls_convs, self.reg_convs, self.retina_cls, self.retina_reg  # the RetinaNet layers: replaced
         self.n_rotation = 8
         or_channels = feat_channels // self.n_rotation
         self.or_conv = ORConv2d(in_channels, or_channels, 3, arf_config=(1, self.n_rotation), padding=1)
@@ -127,6 +141,8 @@ class ODMLayers(nn.Module):
     def reset_parameters(self) -> None:
         """Normal(0, 0.01) weights and zero biases everywhere (the ORConv too: it is a ``Conv2d`` for MMCV's
         initialiser); the classifier bias starts at ``-log(99)`` (prior probability 0.01)."""
+        if not hasattr(self, "odm_cls"):  # called by the parent before the ODM layers exist
+            return
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, ORConv2d)):
                 nn.init.normal_(m.weight, std=0.01)
@@ -134,13 +150,17 @@ class ODMLayers(nn.Module):
                     nn.init.zeros_(m.bias)
         nn.init.constant_(self.odm_cls.bias, -math.log((1 - 0.01) / 0.01))
 
-    def forward_single(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One level ``(B, C, H, W)`` -> class logits ``(B, num_classes, H, W)`` and deltas ``(B, 5, H, W)``."""
-        or_feat = self.or_conv(x)
-        cls_feat = rotation_invariant_pool(or_feat, self.n_rotation)
-        reg_feat = or_feat
-        for conv in self.cls_convs:
-            cls_feat = F.relu(conv(cls_feat))
-        for conv in self.reg_convs:
-            reg_feat = F.relu(conv(reg_feat))
-        return self.odm_cls(cls_feat), self.odm_reg(reg_feat)
+    def forward(self, feats: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level ``(B, C, H, W)`` -> class logits ``(B, num_classes, H, W)`` and deltas ``(B, 5, H, W)``."""
+        cls_scores, bbox_preds = [], []
+        for x in feats:
+            or_feat = self.or_conv(x)
+            cls_feat = rotation_invariant_pool(or_feat, self.n_rotation)
+            reg_feat = or_feat
+            for conv in self.cls_convs:
+                cls_feat = F.relu(conv(cls_feat))
+            for conv in self.reg_convs:
+                reg_feat = F.relu(conv(reg_feat))
+            cls_scores.append(self.odm_cls(cls_feat))
+            bbox_preds.append(self.odm_reg(reg_feat))
+        return cls_scores, bbox_preds
