@@ -15,15 +15,15 @@ from lsknet.models.s2anet import build_s2anet
 CLASSES = ["large-vehicle", "plane", "storage-tank", "tennis-court"]
 
 
-def overfit_s2anet(root, variant: str = "lsknet_t", steps: int = 300, log_every: int = 0, **kwargs):
+def overfit_s2anet(root, variant: str = "resnet10t", steps: int = 300, lr: float = 1e-3, log_every: int = 0, **kwargs):
     """Train an S2A-Net from scratch on every image under ``root`` (AdamW, cosine LR, batch 2) and return the
     model in eval mode and its DOTA evaluation on the same images."""
     torch.manual_seed(0)
     data = DOTADetectionDataset(root, classes=CLASSES)
     samples = [data[i] for i in range(len(data))]
-    model = build_s2anet(variant, num_classes=len(CLASSES), drop_path_rate=0.0, proj_drop_rate=0.0, **kwargs)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.1)
+    model = build_s2anet(variant, num_classes=len(CLASSES), drop_path_rate=0.0, **kwargs)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     for step in range(steps):
         batch = [samples[(2 * step + k) % len(samples)] for k in range(2)]

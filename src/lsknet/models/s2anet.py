@@ -24,8 +24,14 @@ from typing import Any
 import torch
 
 from lsknet.errors import ConfigError
-from lsknet.models.detector_base import Detector, build_detector_backbone, load_detector_checkpoint
+from lsknet.models.detector_base import (
+    Detector,
+    build_detector_backbone,
+    load_backbone_checkpoint,
+    load_detector_checkpoint,
+)
 from lsknet.models.fpn import FPN
+from lsknet.models.oriented_rcnn import _dataclass_from  # mapping -> dataclass with a ConfigError
 from lsknet.models.retina_head import RetinaTestConfig, RotatedAnchorGenerator, RotatedRetinaHead
 from lsknet.models.s2anet_parts import AlignConvModule, ODMRefineHead
 from lsknet.ops import DeltaXYWHTCoder
@@ -122,17 +128,6 @@ class S2ANet(Detector):
         return self.odm_head.predict(*odm_out, sizes, anchors=rois, scale_factors=scale_factors)
 
 
-def _test_cfg(value: Any) -> RetinaTestConfig | None:
-    if value is None or isinstance(value, RetinaTestConfig):
-        return value
-    if isinstance(value, Mapping):
-        try:
-            return RetinaTestConfig(**value)
-        except TypeError as err:
-            raise ConfigError(f"head.test_cfg: {err}") from None
-    raise ConfigError(f"head.test_cfg: expected a mapping, got {type(value).__name__}")
-
-
 def build_s2anet(
     variant: str = "lsknet_t",
     num_classes: int = 15,
@@ -167,7 +162,7 @@ def build_s2anet(
     unknown = sorted(set(opts) - {"test_cfg", "fam", "odm", "align_kernel_size"})
     if unknown:
         raise ConfigError(f"unknown S2A-Net head option(s) {unknown}; known: test_cfg, fam, odm, align_kernel_size")
-    test_cfg = _test_cfg(opts.get("test_cfg"))
+    test_cfg = _dataclass_from(RetinaTestConfig, opts.get("test_cfg"), "head.test_cfg")
     fam_kw = {"assign_by_circumhbbox": None, "test_cfg": test_cfg, **dict(opts.get("fam") or {})}
     odm_kw = {"test_cfg": test_cfg, **dict(opts.get("odm") or {})}
     try:
@@ -191,7 +186,5 @@ def build_s2anet(
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint)
     elif backbone_checkpoint is not None:
-        from lsknet.models.checkpoint import load_backbone_weights
-
-        load_backbone_weights(model.backbone, backbone_checkpoint)
+        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
     return model
