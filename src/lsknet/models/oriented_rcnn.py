@@ -22,14 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lsknet.errors import ConfigError
 from lsknet.models.detector_base import (
     PIXEL_MEAN,
     PIXEL_STD,
-    Detector,
     build_detector_backbone,
     load_backbone_checkpoint,
     load_detector_checkpoint,
@@ -37,6 +35,7 @@ from lsknet.models.detector_base import (
 from lsknet.models.fpn import FPN
 from lsknet.models.roi_head import OrientedRoIHead, RoITestConfig
 from lsknet.models.rpn import AnchorGenerator, OrientedRPNHead, ProposalConfig
+from lsknet.models.two_stage import TwoStageDetector
 
 __all__ = [
     "PIXEL_MEAN",
@@ -49,7 +48,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-class OrientedRCNN(Detector):
+class OrientedRCNN(TwoStageDetector):
     """Two-stage oriented detector composed of readable parts.
 
     Args:
@@ -69,6 +68,8 @@ class OrientedRCNN(Detector):
             ``rescale=True`` (HRSC2016: 800; DOTA multi-scale patches: 1024). ``None``: native size.
     """
 
+    classifier_key = "roi_head.bbox_head.fc_cls.weight"
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -82,45 +83,18 @@ class OrientedRCNN(Detector):
         batch_same_size: bool = False,
         test_resize: int | Sequence[int] | None = None,
     ) -> None:
-        super().__init__(backbone, neck, backbone_indices, pixel_mean, pixel_std, size_divisor, batch_same_size,
-                         test_resize)
-        self.rpn_head = rpn_head
-        self.roi_head = roi_head
-
-    @property
-    def num_classes(self) -> int:
-        """Number of object classes (background excluded)."""
-        return self.roi_head.num_classes
-
-    @staticmethod
-    def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
-        """Classes a state dict of this detector was trained for (``fc_cls`` rows minus background)."""
-        weight = state_dict.get("roi_head.bbox_head.fc_cls.weight")
-        return None if weight is None else int(weight.shape[0]) - 1
-
-    def loss_batch(
-        self,
-        batch: torch.Tensor,
-        sizes: list[tuple[int, int]],
-        gt_rboxes: list[torch.Tensor],
-        gt_labels: list[torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
-        """``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox`` (+ ``acc``, not a loss)."""
-        feats = self.extract_feats(batch)
-        proposals, losses = self.rpn_head.propose(feats, sizes, gt_rboxes)
-        losses.update(self.roi_head.loss(feats, proposals, gt_rboxes, gt_labels))
-        return losses
-
-    def predict_batch(
-        self,
-        batch: torch.Tensor,
-        sizes: list[tuple[int, int]],
-        scale_factors: list[tuple[float, float]] | None = None,
-    ) -> list[dict[str, torch.Tensor]]:
-        """RPN proposals, then the rotated RoI head's decode + per-class NMS (see :class:`Detector`)."""
-        feats = self.extract_feats(batch)
-        proposals, _ = self.rpn_head.propose(feats, sizes)
-        return self.roi_head.predict(feats, proposals, sizes, scale_factors=scale_factors)
+        super().__init__(
+            backbone,
+            neck,
+            rpn_head,
+            roi_head,
+            backbone_indices,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            size_divisor=size_divisor,
+            batch_same_size=batch_same_size,
+            test_resize=test_resize,
+        )
 
 
 def _dataclass_from(cls: type, value: Any, what: str) -> Any:

@@ -17,82 +17,30 @@ Losses: ``loss_rpn_cls``, ``loss_rpn_bbox`` and per stage ``loss_cls_s{i}``, ``l
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from lsknet.errors import ConfigError
-from lsknet.models.detector_base import (
-    Detector,
-    build_detector_backbone,
-    load_backbone_checkpoint,
-    load_detector_checkpoint,
-)
+from lsknet.models.detector_base import build_detector_backbone, load_backbone_checkpoint, load_detector_checkpoint
 from lsknet.models.fpn import FPN
 from lsknet.models.oriented_rcnn import _dataclass_from
 from lsknet.models.roi_head import RoITestConfig
 from lsknet.models.roi_trans_head import RoITransRoIHead, StageTrainConfig
 from lsknet.models.rpn import AnchorGenerator, HorizontalRPNHead, ProposalConfig
+from lsknet.models.two_stage import TwoStageDetector
 
 __all__ = ["RoITransformer", "build_roi_transformer"]
 
 
-class RoITransformer(Detector):
+class RoITransformer(TwoStageDetector):
     """RoI Transformer composed of readable parts: ``backbone``, ``neck`` (see
     :class:`~lsknet.models.detector_base.Detector` for the input handling and its options), ``rpn_head`` (a
     :class:`~lsknet.models.rpn.HorizontalRPNHead`) and ``roi_head`` (a
-    :class:`~lsknet.models.roi_trans_head.RoITransRoIHead`)."""
+    :class:`~lsknet.models.roi_trans_head.RoITransRoIHead`); training and inference run the two-stage flow of
+    :class:`~lsknet.models.two_stage.TwoStageDetector` (losses: see the module docstring)."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        neck: FPN,
-        rpn_head: HorizontalRPNHead,
-        roi_head: RoITransRoIHead,
-        backbone_indices: Sequence[int] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(backbone, neck, backbone_indices, **kwargs)
-        self.rpn_head = rpn_head
-        self.roi_head = roi_head
-
-    @property
-    def num_classes(self) -> int:
-        """Number of object classes (background excluded)."""
-        return self.roi_head.num_classes
-
-    @staticmethod
-    def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
-        """Classes a state dict of this detector was trained for (last stage's ``fc_cls`` rows minus background)."""
-        weight = state_dict.get("roi_head.bbox_head.1.fc_cls.weight")
-        return None if weight is None else int(weight.shape[0]) - 1
-
-    def loss_batch(
-        self,
-        batch: torch.Tensor,
-        sizes: list[tuple[int, int]],
-        gt_rboxes: list[torch.Tensor],
-        gt_labels: list[torch.Tensor],
-    ) -> dict[str, torch.Tensor]:
-        """RPN losses, then both RoI stages' (see the module docstring for the keys)."""
-        feats = self.extract_feats(batch)
-        proposals, losses = self.rpn_head.propose(feats, sizes, gt_rboxes)
-        losses.update(self.roi_head.loss(feats, proposals, gt_rboxes, gt_labels))
-        return losses
-
-    def predict_batch(
-        self,
-        batch: torch.Tensor,
-        sizes: list[tuple[int, int]],
-        scale_factors: list[tuple[float, float]] | None = None,
-    ) -> list[dict[str, torch.Tensor]]:
-        """Horizontal proposals, then the two RoI stages, logits averaged, per-class NMS (see :class:`Detector`)."""
-        feats = self.extract_feats(batch)
-        proposals, _ = self.rpn_head.propose(feats, sizes)
-        return self.roi_head.predict(feats, proposals, sizes, scale_factors=scale_factors)
+    classifier_key = "roi_head.bbox_head.1.fc_cls.weight"
 
 
 def _proposal_cfg(value: Any, what: str) -> ProposalConfig | None:
