@@ -5,9 +5,10 @@ interleaved over ``--rounds`` so a changing machine load hits every model alike.
     python benchmarks/bench_detector_families.py                                  # R3Det vs Oriented R-CNN, T, 1024
     python benchmarks/bench_detector_families.py --models lsknet_t_r3det --size 512 --threads 2 --repeat 3
 
-Weights are random. Oriented R-CNN's classifier bias is set so the background wins (as in a trained model; otherwise
-all 2000 RoIs pass the score threshold for every class). The dense heads keep their official prior bias (class
-probability 0.01 < the 0.05 score threshold), so, as for a trained model on an empty tile, NMS has little to do.
+Weights are random. The softmax classifiers' (``fc_cls``: Oriented R-CNN, both RoI Transformer stages) background bias
+is set so the background wins (as in a trained model; otherwise all 2000 RoIs pass the score threshold for every
+class). The dense heads keep their official prior bias (class probability 0.01 < the 0.05 score threshold), so, as
+for a trained model on an empty tile, NMS has little to do.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_detector(args.model, num_classes=15).eval()
-    fc_cls = getattr(getattr(getattr(model, "roi_head", None), "bbox_head", None), "fc_cls", None)
-    if fc_cls is not None:
-        with torch.no_grad():
-            fc_cls.bias[-1] = 6.0
+    with torch.no_grad():  # every softmax classifier (Oriented R-CNN's, both RoI Transformer stages')
+        for name, module in model.named_modules():
+            if name.split(".")[-1] == "fc_cls" and isinstance(module, torch.nn.Linear):
+                module.bias[-1] = 6.0
     image = [torch.rand(3, args.size, args.size, generator=torch.Generator().manual_seed(1)) * 255]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     times = []
