@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from lsknet.inference.optimize import _use_fused, optimize_for_backbone
 from lsknet.models.backbone import LSKNet
 from lsknet.models.oriented_rcnn import OrientedRCNN
+from lsknet.ops.roi_align_rotated import roi_align_rotated
 from lsknet.ops.winograd import winograd_conv3x3, winograd_weight
 
 __all__ = ["optimize_detector", "optimize_segmenter"]
@@ -44,10 +45,12 @@ def _conv_relu(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return F.relu(conv(x))
 
 
-def _linear_relu(x: Tensor, fc: nn.Linear) -> Tensor:
+def _linear_relu(x: Tensor, fc: nn.Linear, weight: Tensor | None = None) -> Tensor:
+    """``relu(fc(x))`` (with ``weight`` instead of ``fc.weight`` when given), one oneDNN kernel on CPU float32."""
+    weight = fc.weight if weight is None else weight
     if _use_fused(x):
-        return torch.ops.mkldnn._linear_pointwise(x, fc.weight, fc.bias, "relu", [], "")
-    return F.relu(fc(x))
+        return torch.ops.mkldnn._linear_pointwise(x, weight, fc.bias, "relu", [], "")
+    return F.relu(F.linear(x, weight, fc.bias))
 
 
 WINOGRAD_M = 4  # F(4x4, 3x3): 4x fewer multiply-adds than direct convolution, ~3e-6 relative rounding
@@ -115,12 +118,56 @@ class _FusedRPNConvForward:
         return logits, deltas
 
 
+class _Conv1x1(nn.Module):
+    """A 1x1 ``nn.Conv2d`` as one GEMM over the channels of the NHWC view (NCHW channels-last in and out)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.register_buffer("weight2d", conv.weight.detach().flatten(1).contiguous(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        return F.linear(x, self.weight2d, self.conv.bias).permute(0, 3, 1, 2)
+
+
+def _pointwise_ok(conv: nn.Conv2d) -> bool:
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), 0)
+
+
+class _NHWCRoIExtractorForward:
+    """Mixin over ``RotatedRoIExtractor``: the same (K, C, S, S) features, in channels-last memory (RoIAlignRotated
+    computes them so: no NCHW copy) and written once into an uninitialised buffer (every RoI maps to a level)."""
+
+    def forward(self, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
+        k, c, s = rois.shape[0], feats[0].shape[1], self.output_size
+        out = feats[0].new_empty(k, s, s, c).permute(0, 3, 1, 2)  # (K, C, S, S), channels-last memory
+        if k == 0:
+            return out
+        levels = self.map_levels(rois)
+        done = 0
+        for lvl, layer in enumerate(self.roi_layers):
+            idx = torch.nonzero(levels == lvl).flatten()
+            if idx.numel():
+                pooled = roi_align_rotated(
+                    feats[lvl], rois[idx], layer.output_size, layer.spatial_scale, layer.sampling_ratio,
+                    layer.aligned, layer.clockwise, channels_last=True,
+                )  # fmt: skip
+                out[idx] = pooled.to(out.dtype)
+                done += idx.numel()
+        if done != k:  # RoIs without a level (non-finite sizes) stay zero, as in the eager extractor
+            return super().forward(feats, rois)
+        return out
+
+
 class _FusedBBoxHeadForward:
-    """Mixin over ``RotatedBBoxHead``: shared FCs with fused ReLU."""
+    """Mixin over ``RotatedBBoxHead``: shared FCs with fused ReLU; the first FC reads the RoI features in their
+    channels-last order (its weight columns reordered once, ``fc1_w_nhwc``), so no NCHW flatten copy."""
 
     def forward(self, roi_feats: Tensor) -> tuple[Tensor, Tensor]:
-        x = roi_feats.flatten(1)
-        for fc in self.shared_fcs:
+        first, *rest = self.shared_fcs
+        x = _linear_relu(roi_feats.permute(0, 2, 3, 1).reshape(roi_feats.shape[0], -1), first, self.fc1_w_nhwc)
+        for fc in rest:
             x = _linear_relu(x, fc)
         return self.fc_cls(x), self.fc_reg(x)
 
@@ -184,10 +231,14 @@ def optimize_detector(model: nn.Module) -> nn.Module:
         for name, part in fast.named_children():
             if name != "backbone":
                 part.to(memory_format=torch.channels_last)
-        # the FPN's 3x3 output convs (its forward is kept)
-        for unit in getattr(getattr(fast, "neck", None), "fpn_convs", ()):
+        # the FPN's convs (its forward is kept): 3x3 output convs by Winograd, 1x1 lateral convs as GEMMs
+        neck = getattr(fast, "neck", None)
+        for unit in getattr(neck, "fpn_convs", ()):
             if isinstance(getattr(unit, "conv", None), nn.Conv2d) and _winograd_ok(unit.conv):
                 unit.conv = _Conv3x3(unit.conv, relu=False)
+        for unit in getattr(neck, "lateral_convs", ()):
+            if isinstance(getattr(unit, "conv", None), nn.Conv2d) and _pointwise_ok(unit.conv):
+                unit.conv = _Conv1x1(unit.conv)
         if isinstance(fast, OrientedRCNN):
             rpn = fast.rpn_head
             if _winograd_ok(rpn.rpn_conv):
@@ -198,7 +249,15 @@ def optimize_detector(model: nn.Module) -> nn.Module:
                 _with_mixin(rpn, _FusedRPNForward)
             else:
                 _with_mixin(rpn, _FusedRPNConvForward)
-            _with_mixin(fast.roi_head.bbox_head, _FusedBBoxHeadForward)
+            head = fast.roi_head.bbox_head
+            extractor = fast.roi_head.bbox_roi_extractor
+            s = extractor.output_size
+            w = head.shared_fcs[0].weight
+            if w.shape[1] % (s * s) == 0:
+                w = w.view(w.shape[0], -1, s, s).permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
+                head.register_buffer("fc1_w_nhwc", w, persistent=False)
+                _with_mixin(head, _FusedBBoxHeadForward)
+                _with_mixin(extractor, _NHWCRoIExtractorForward)
     return _frozen(fast)
 
 

@@ -59,11 +59,12 @@ def build_runner(
             return lambda x: model(list(x))
         return model
     if runtime == "optimized":
-        if detector:
-            raise ConfigError("the optimized runtime covers backbones / classifiers, not the detector")
         from lsknet.inference.optimize import optimize_for_inference
 
-        return optimize_for_inference(model)
+        fast = optimize_for_inference(model)
+        if detector:
+            return lambda x: fast(list(x))
+        return fast
     if runtime == "onnxruntime":
         from lsknet.export import to_onnx
         from lsknet.inference.onnx_runtime import load_onnx

@@ -92,11 +92,14 @@ def roi_align_rotated(
     sampling_ratio: int = 0,
     aligned: bool = True,
     clockwise: bool = False,
+    *,
+    channels_last: bool = False,
 ) -> Tensor:
     """Pool rotated RoIs from ``features`` (B, C, H, W) into (R, C, out_h, out_w).
 
     ``rois``: (R, 6) = (batch_idx, cx, cy, w, h, theta [rad]) in image pixels; ``spatial_scale`` = feature
-    size / image size (e.g. 1/4). See the module docstring for the exact sampling rules.
+    size / image size (e.g. 1/4). See the module docstring for the exact sampling rules. ``channels_last``: return
+    the result in channels-last memory (the layout it is computed in: no copy); same values.
     """
     if not isinstance(features, Tensor) or features.dim() != 4 or not features.is_floating_point():
         got = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
@@ -151,7 +154,8 @@ def roi_align_rotated(
             inv = torch.empty(nr, dtype=torch.long, device=rois.device)
             inv[torch.cat(order)] = torch.arange(nr, device=rois.device)
             out = torch.cat(parts)[inv]
-    return out.view(nr, ph, pw, ch).permute(0, 3, 1, 2).contiguous()
+    out = out.view(nr, ph, pw, ch).permute(0, 3, 1, 2)
+    return out if channels_last else out.contiguous()
 
 
 class RoIAlignRotated(nn.Module):
