@@ -160,3 +160,19 @@ def test_cuda_matches_cpu():
     cpu = roi_align_rotated(feats, rois, 7, 0.25, 0, True, True)
     gpu = roi_align_rotated(feats.cuda(), rois.cuda(), 7, 0.25, 0, True, True)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-5)
+
+
+def test_channels_last_output_has_the_same_values_without_a_copy():
+    """``channels_last=True`` returns the (R, C, S, S) result in the (R, S, S, C) memory it is computed in."""
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(2, 6, 20, 24, generator=g)
+    rois = torch.tensor([[0, 40.0, 30.0, 30.0, 12.0, 0.4], [1, 60.0, 50.0, 18.0, 26.0, -1.1]])
+    # torchvision's roi_align on an axis-aligned RoI is the oracle; the rotated RoI is compared with the NCHW result
+    want = roi_align(feats, torch.tensor([[0, 25.0, 24.0, 55.0, 36.0]]), 7, 0.5, 2, aligned=True)
+    axis_roi = torch.tensor([[0, 40.0, 30.0, 30.0, 12.0, 0.0]])
+    got = roi_align_rotated(feats, axis_roi, 7, 0.5, 2, True, channels_last=True)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert torch.allclose(got, want, atol=1e-5)
+    nchw = roi_align_rotated(feats, rois, 7, 0.5, 2, True, True)
+    nhwc = roi_align_rotated(feats, rois, 7, 0.5, 2, True, True, channels_last=True)
+    assert nchw.is_contiguous() and torch.equal(nchw, nhwc)

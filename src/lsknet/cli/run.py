@@ -120,7 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise ConfigError("--checkpoint CKPT is required")
     overrides = list(args.overrides) + (["data.strict=true"] if args.strict else [])
-    summary = runner.evaluate(args.checkpoint, overrides, out_dir=args.out, split=args.split)
+    optimize = False if args.no_optimize else None  # None: the config's detect.optimize (default true)
+    summary = runner.evaluate(args.checkpoint, overrides, out_dir=args.out, split=args.split, optimize=optimize)
     _print_summary(f"{args.split} metrics", summary["metrics"])
     print(f"results folder: {summary['out_dir']}")
     return 0
@@ -229,6 +230,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--out", metavar="DIR", help="folder for metrics and reports (default runs/<name>/eval-<time>)")
     p.add_argument("--strict", action="store_true", help="unreadable images are errors instead of counted skips")
+    p.add_argument("--no-optimize", action="store_true", help="detection: evaluate the eager model instead of the "
+                   "lsknet.optimize_for_inference copy (config key detect.optimize: false does the same)")  # fmt: skip
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("predict", help="run a trained checkpoint on images or folders")

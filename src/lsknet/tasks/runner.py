@@ -344,6 +344,15 @@ def load_module(
     return module, (datamodule if build_data else None), cfg
 
 
+def _wants_optimized(cfg: dict[str, Any], optimize: bool | None) -> bool:
+    """Whether evaluation runs the optimized network: detection only; ``optimize`` else ``detect.optimize``."""
+    if cfg.get("task") != "detect":
+        return False
+    if optimize is None:
+        optimize = (cfg.get("detect") or {}).get("optimize", True)
+    return bool(optimize)
+
+
 def _load_onnx_module(
     path: str | Path, overrides: list[str] | None, build_data: bool
 ) -> tuple[L.LightningModule, L.LightningDataModule | None, dict[str, Any]]:
@@ -432,9 +441,17 @@ def evaluate(
     overrides: list[str] | None = None,
     out_dir: str | Path | None = None,
     split: str = "val",
+    optimize: bool | None = None,
 ) -> dict[str, Any]:
-    """Validate (``split="val"``) or test a checkpoint; writes the task's report files and ``metrics.json``."""
+    """Validate (``split="val"``) or test a checkpoint; writes the task's report files and ``metrics.json``.
+
+    Detection runs the copy made by :func:`lsknet.optimize_for_inference` (same detections up to float rounding)
+    unless ``optimize`` is False; ``None`` takes the config's ``detect.optimize`` (default true)."""
     module, datamodule, cfg = load_module(checkpoint_path, overrides)
+    if _wants_optimized(cfg, optimize) and not hasattr(module.model, "session"):  # ONNX runtimes stay as they are
+        from lsknet.inference.optimize import optimize_for_inference
+
+        module.model = optimize_for_inference(module.model)
     out = Path(out_dir) if out_dir else resolve_run_dir(cfg, kind="eval-")
     trainer = build_trainer(cfg, out, training=False)
     if trainer.is_global_zero:
