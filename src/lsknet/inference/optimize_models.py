@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lsknet.inference.optimize import _use_fused, optimize_for_backbone
 from lsknet.models.backbone import LSKNet
+from lsknet.models.fpn import FPN
 from lsknet.models.oriented_rcnn import OrientedRCNN
 from lsknet.ops.roi_align_rotated import roi_align_rotated
 from lsknet.ops.winograd import winograd_conv3x3, winograd_weight
@@ -135,6 +136,22 @@ def _pointwise_ok(conv: nn.Conv2d) -> bool:
     return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.padding in ((0, 0), 0)
 
 
+class _InPlaceTopDown:
+    """Mixin over ``FPN``: the same top-down sums, added in place; an exact 2x nearest upsampling is a broadcast
+    add on the NHWC views (no upsampled temporary), other sizes use the eager step."""
+
+    def top_down(self, laterals: list[Tensor]) -> list[Tensor]:
+        for i in range(len(laterals) - 1, 0, -1):
+            fine, coarse = laterals[i - 1], laterals[i]
+            (h, w), (hc, wc) = fine.shape[-2:], coarse.shape[-2:]
+            if (h, w) == (2 * hc, 2 * wc) and fine.is_contiguous(memory_format=torch.channels_last):
+                b, c = fine.shape[:2]  # fine[2i + p, 2j + q] += coarse[i, j]
+                fine.permute(0, 2, 3, 1).view(b, hc, 2, wc, 2, c).add_(coarse.permute(0, 2, 3, 1)[:, :, None, :, None])
+            else:
+                laterals[i - 1] = fine + F.interpolate(coarse, size=(h, w), mode="nearest")
+        return laterals
+
+
 class _NHWCRoIExtractorForward:
     """Mixin over ``RotatedRoIExtractor``: the same (K, C, S, S) features, in channels-last memory (RoIAlignRotated
     computes them so: no NCHW copy) and written once into an uninitialised buffer (every RoI maps to a level)."""
@@ -239,6 +256,8 @@ def optimize_detector(model: nn.Module) -> nn.Module:
         for unit in getattr(neck, "lateral_convs", ()):
             if isinstance(getattr(unit, "conv", None), nn.Conv2d) and _pointwise_ok(unit.conv):
                 unit.conv = _Conv1x1(unit.conv)
+        if isinstance(neck, FPN):  # the lateral maps are fresh conv outputs: summing in place is safe
+            _with_mixin(neck, _InPlaceTopDown)
         if isinstance(fast, OrientedRCNN):
             rpn = fast.rpn_head
             if _winograd_ok(rpn.rpn_conv):

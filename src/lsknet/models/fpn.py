@@ -110,15 +110,19 @@ class FPN(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def top_down(self, laterals: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The top-down pathway: each lateral map plus the nearest-upsampled coarser (already summed) one."""
+        for i in range(len(laterals) - 1, 0, -1):
+            up = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + up
+        return laterals
+
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``feats``: backbone maps finest first, each (B, C_i, H_i, W_i). Returns ``num_outs`` maps (B, C, ., .)."""
         if len(feats) != len(self.in_channels):
             raise ValueError(f"FPN expects {len(self.in_channels)} feature maps, got {len(feats)}")
         used = feats[self.start_level : self.backbone_end_level]
-        laterals = [conv(f) for conv, f in zip(self.lateral_convs, used)]
-        for i in range(len(laterals) - 1, 0, -1):
-            up = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
-            laterals[i - 1] = laterals[i - 1] + up
+        laterals = self.top_down([conv(f) for conv, f in zip(self.lateral_convs, used)])
         outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
         if not self.add_extra_convs:
             while len(outs) < self.num_outs:
