@@ -66,21 +66,26 @@ def _official_keys(backbone_keys, in_channels, num_classes=15):
     return keys
 
 
-def test_official_layout_loads_strictly(tmp_path, r3det_t):
-    orcnn = build_oriented_rcnn("lsknet_t", num_classes=15)
+@pytest.mark.parametrize(("variant", "channels"), [("lsknet_t", [32, 64, 160, 256]), ("lsknet_s", [64, 128, 320, 512])])
+def test_official_layout_loads_strictly(tmp_path, r3det_t, variant, channels):
+    orcnn = build_oriented_rcnn(variant, num_classes=15)
     backbone = {k: tuple(v.shape) for k, v in orcnn.backbone.state_dict().items()}
-    expected = _official_keys(backbone, [32, 64, 160, 256])
-    assert {k: tuple(v.shape) for k, v in r3det_t.state_dict().items()} == expected
+    expected = _official_keys(backbone, channels)
+    if variant == "lsknet_t":
+        assert {k: tuple(v.shape) for k, v in r3det_t.state_dict().items()} == expected
     gen = torch.Generator().manual_seed(3)
     state = {k: torch.randn(s, generator=gen) for k, s in expected.items()}
     state["ema_bbox_head_retina_cls_weight"] = torch.zeros(1)  # EMA hook buffers are ignored
-    path = tmp_path / "lsk_t_r3det_fpn_1x_dota.pth"
+    path = tmp_path / f"lsk_{variant[-1]}_r3det_fpn_1x_dota.pth"
     torch.save({"meta": {"epoch": 12, "CLASSES": ["x"] * 15}, "state_dict": state}, path)
-    model = build_r3det("lsknet_t", checkpoint=path)
+    model = build_r3det(variant, checkpoint=path)  # strict: every key present, none unexpected, shapes equal
     loaded = model.state_dict()
-    for key in ("backbone.block3.4.mlp.fc2.weight", "neck.fpn_convs.3.conv.weight", "bbox_head.retina_cls.bias",
+    assert set(loaded) == set(expected)
+    for key in ("backbone.block3.1.mlp.fc2.weight", "neck.fpn_convs.3.conv.weight", "bbox_head.retina_cls.bias",
                 "feat_refine_module.1.conv_5_1.weight", "refine_head.1.reg_convs.3.conv.weight"):  # fmt: skip
         assert torch.equal(loaded[key], state[key])
+    if variant == "lsknet_s":
+        return
     # a checkpoint for another number of classes is refused, naming both
     bad = dict(state)
     for i in range(2):
