@@ -130,5 +130,8 @@ def test_demo_model_section_swaps_the_head_keys():
     other = demo_model_section(cfg, "lsknet_s_r3det")
     assert other["name"] == "lsknet_s_r3det" and "rpn" not in other and "roi" not in other
     assert other["drop_path_rate"] == cfg["model"]["drop_path_rate"]
+    roitrans = demo_model_section(cfg, "lsknet_t_roitrans")
+    assert roitrans["head"]["rpn_test_proposals"] == cfg["demo"]["heads"]["roitrans"]["rpn_test_proposals"]
+    assert detector_from_config(roitrans, 4).roi_head.train_cfg[0].num_samples == 128
     with pytest.raises(ConfigError, match="expected lsknet_"):
         demo_model_section(cfg, "resnet18_r3det")

@@ -246,8 +246,10 @@ def optimize_detector(model: nn.Module) -> nn.Module:
         fast = _frozen(copy.deepcopy(model))
         fast.backbone = _frozen(_optimized_backbone(fast.backbone))
         for name, part in fast.named_children():
-            if name != "backbone":
-                part.to(memory_format=torch.channels_last)
+            if name != "backbone":  # 4-D conv weights only (S2A-Net's ORConv keeps a 5-D one)
+                for module in part.modules():
+                    if isinstance(module, nn.Conv2d):
+                        module.to(memory_format=torch.channels_last)
         # the FPN's convs (its forward is kept): 3x3 output convs by Winograd, 1x1 lateral convs as GEMMs
         neck = getattr(fast, "neck", None)
         for unit in getattr(neck, "fpn_convs", ()):
