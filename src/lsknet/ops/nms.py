@@ -4,13 +4,19 @@ Result: exactly the boxes that the textbook greedy loop keeps (visit boxes by de
 unless an already kept box of the same class overlaps it with IoU > ``iou_threshold``). How:
 
 1. candidate pairs (i before j in score order, same class, overlapping axis-aligned envelopes found by sweep
-   and prune, and an IoU upper bound from the areas and the envelope overlap above the threshold): most
-   pairs never reach step 2;
-2. the greedy recurrence ``kept[j] = not any(kept[i] and IoU(i, j) > t for candidate pairs i -> j)`` solved
-   in parallel rounds: an undecided box is removed once a kept box overlaps it too much and kept once every
-   candidate pointing at it is removed or overlaps it too little. The exact IoU (:mod:`lsknet.ops.iou`) is
-   computed lazily, only for pairs whose first box is kept. Every round settles at least the best undecided
-   box; real detections need a handful of rounds.
+   and prune, and an IoU upper bound from the areas and the envelope overlap above the threshold);
+2. cheap verdicts: each box's own frame bounds the intersection from above and below (:func:`_verdicts`), which
+   settles most candidate pairs with a wide margin; only the rest need the exact IoU (:mod:`lsknet.ops.iou`),
+   and only when their first box is kept;
+3. the greedy order, solved one of two ways (same result), picked by the density of the set:
+   - sparse sets (few envelope overlaps per box): the recurrence ``kept[j] = not any(kept[i] and IoU(i, j) > t
+     for candidate pairs i -> j)`` in parallel rounds over all candidate pairs: an undecided box is removed once
+     a kept box overlaps it too much and kept once every candidate pointing at it is removed or overlaps it too
+     little; every round settles at least the best undecided box;
+   - dense sets (clusters of heavily overlapping detections): block by block in score order, the next unsettled
+     boxes are resolved among themselves (greedy over their suppression bits), then the block's kept boxes
+     remove the later boxes they overlap too much. Pairs whose first box is suppressed are never looked at, so
+     a cluster of hundreds of boxes costs about (kept boxes) x (cluster size) cheap pair tests.
 
 Classes never interact (equivalent to MMCV's coordinate-offset trick, without its precision loss).
 """
@@ -26,6 +32,8 @@ from lsknet.ops.iou import _pair_overlaps, _prepare
 __all__ = ["nms_rotated"]
 
 _MAX_CANDIDATES = 1 << 22  # raw sweep-and-prune pairs per block
+_DENSE = 100.0  # x-overlapping same-class pairs per box above which the block-wise greedy beats the rounds
+_BLOCK, _BLOCK_MAX = 64, 512  # boxes per block (doubled while most of a block is kept)
 
 
 def _check_vector(x: object, n: int, name: str, floating: bool) -> Tensor:
@@ -56,6 +64,65 @@ def _may_suppress(
     return ok
 
 
+def _frames(boxes: Tensor) -> Tensor:
+    """float64 (K, 5) rboxes -> (K, 7): centre x, y, half width, half height (absolute), cos, sin, area."""
+    a, b = boxes[:, 2].abs() / 2, boxes[:, 3].abs() / 2
+    t = boxes[:, 4]
+    return torch.stack([boxes[:, 0], boxes[:, 1], a, b, torch.cos(t), torch.sin(t), 4 * a * b], 1)
+
+
+def _span(h1: Tensor, h2: Tensor, d: Tensor) -> Tensor:
+    """Length of the overlap of the intervals [-h1, h1] and [d - h2, d + h2] (d >= 0)."""
+    return torch.minimum(torch.minimum(h1, h2) * 2, h1 + h2 - d).clamp_min(0)
+
+
+def _verdicts(fr: Tensor, i: Tensor, j: Tensor, iou_threshold: float, reach: float) -> Tensor:
+    """Decide ``IoU(i, j) > iou_threshold`` from cheap bounds where they can: 1 yes, 2 no, 0 undecided.
+
+    Seen in box i's frame, box j lies inside its bounding rectangle (half sizes ``a cos + b sin``, ...) and
+    contains the rectangle whose corners touch its four sides; the overlaps of box i with these two axis-aligned
+    rectangles bound the intersection from above and below (and likewise in box j's frame). Decided pairs clear
+    the threshold by a margin far above the rounding of the exact IoU (``reach``: the largest |coordinate|).
+    """
+    f1, f2 = fr[i], fr[j]
+    x1, y1, a1, b1, c1, s1, ar1 = f1.unbind(1)
+    x2, y2, a2, b2, c2, s2, ar2 = f2.unbind(1)
+    dx, dy = x2 - x1, y2 - y1
+    cd, sd = (c1 * c2 + s1 * s2).abs(), (c1 * s2 - s1 * c2).abs()  # |cos|, |sin| of the angle between the boxes
+    u1, v1 = (dx * c1 + dy * s1).abs(), (dy * c1 - dx * s1).abs()  # centre offset in box i's frame
+    u2, v2 = (dx * c2 + dy * s2).abs(), (dy * c2 - dx * s2).abs()  # ... in box j's frame
+    hi = torch.minimum(
+        _span(a1, a2 * cd + b2 * sd, u1) * _span(b1, a2 * sd + b2 * cd, v1),
+        _span(a2, a1 * cd + b1 * sd, u2) * _span(b2, a1 * sd + b1 * cd, v2),
+    )
+    hi = torch.minimum(hi, torch.minimum(ar1, ar2))
+    den = cd * cd - sd * sd
+    ok = den.abs() > 1e-3
+    den = torch.where(ok, den, torch.ones_like(den))
+    p2, q2 = (a2 * cd - b2 * sd) / den, (b2 * cd - a2 * sd) / den  # inner rectangle of box j, box i's frame
+    p1, q1 = (a1 * cd - b1 * sd) / den, (b1 * cd - a1 * sd) / den
+    lo2 = torch.where(ok & (p2 >= 0) & (q2 >= 0), _span(a1, p2, u1) * _span(b1, q2, v1), 0.0)
+    lo1 = torch.where(ok & (p1 >= 0) & (q1 >= 0), _span(a2, p1, u2) * _span(b2, q1, v2), 0.0)
+    lo = torch.maximum(lo1, lo2)
+    side = torch.maximum(torch.maximum(a1, b1), torch.maximum(a2, b2)) * 2
+    tot = ar1 + ar2
+    margin = 1e-6 * tot + side * (1e-7 * side + 1e-12 * reach)
+    verdict = torch.zeros(i.shape, dtype=torch.int8, device=fr.device)
+    verdict[lo - iou_threshold * (tot - lo) > margin] = 1
+    verdict[hi - iou_threshold * (tot - hi) < -margin] = 2
+    return verdict
+
+
+def _shifted_x(env: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Envelope x ranges (x1, x2) with the classes shifted apart along x (so one sweep sees one class at a time)."""
+    x1, x2 = env[:, 0], env[:, 2]
+    if labels is not None:
+        span = (x2.max() - x1.min()).clamp_min(0) + 1
+        shift = (labels - labels.min()).to(env.dtype) * span
+        x1, x2 = x1 + shift, x2 + shift
+    return x1, x2
+
+
 def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_threshold: float) -> tuple[Tensor, Tensor]:
     """Pairs (i, j), i < j, of the same class whose envelopes overlap and whose IoU can exceed the threshold.
 
@@ -63,13 +130,10 @@ def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_thres
     that start before its right edge, found with one ``searchsorted``; the rest is elementwise.
     """
     k = env.shape[0]
-    x1, x2 = env[:, 0], env[:, 2]
-    if labels is not None:
-        span = (x2.max() - x1.min()).clamp_min(0) + 1
-        shift = (labels - labels.min()).to(env.dtype) * span
-        x1, x2 = x1 + shift, x2 + shift
+    x1, x2 = _shifted_x(env, labels)
     order = torch.argsort(x1)
     xs1, xs2 = x1[order], x2[order]
+    ys1, ys2 = env[order, 1], env[order, 3]
     end = torch.searchsorted(xs1, xs2, side="left")
     pos = torch.arange(k, device=env.device)
     count = (end - pos - 1).clamp_min(0)
@@ -89,7 +153,8 @@ def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_thres
         p = torch.repeat_interleave(pos[b0:b1], cnt, output_size=total)
         start = torch.cumsum(cnt, 0) - cnt
         q = p + 1 + torch.arange(total, device=env.device) - start[p - b0]
-        i, j = order[p], order[q]
+        near = (ys1[p] < ys2[q]) & (ys1[q] < ys2[p])  # cheap first cut (x overlap holds by construction)
+        i, j = order[p[near]], order[q[near]]
         i, j = torch.minimum(i, j), torch.maximum(i, j)
         ok = _may_suppress(env, area, labels, i, j, iou_threshold)
         src.append(i[ok])
@@ -135,35 +200,152 @@ def nms_rotated(
         return cand[:0]
 
     boxes = rboxes[cand].to(torch.float64)
-    env = rbox_to_hbox(boxes)
-    area = boxes[:, 2] * boxes[:, 3]
-    lab = labels[cand] if labels is not None else None
+    ctx = _Context(boxes, labels[cand] if labels is not None else None, float(iou_threshold))
+    keep = _greedy_blocks(ctx) if ctx.overlaps_per_box() > _DENSE else _greedy_rounds(ctx)
+    keep = cand[keep]
+    return keep if max_dets is None else keep[:max_dets]
 
-    # 1. candidate pairs (i < j in score order)
-    src, dst = _candidate_pairs(env, area, lab, float(iou_threshold))
 
-    # 2 + 3. greedy recurrence in parallel rounds (box state 0 undecided, 1 kept, 2 removed), computing the
-    # exact IoU lazily: only edges from kept boxes can suppress, so edges from removed boxes never need it
-    polys, areas, _ = _prepare(rbox_to_corners(boxes), "rboxes")
+class _Context:
+    """Score-sorted float64 boxes with everything the pair tests need."""
+
+    def __init__(self, boxes: Tensor, labels: Tensor | None, iou_threshold: float) -> None:
+        self.k, self.device = boxes.shape[0], boxes.device
+        self.env, self.area, self.labels, self.t = rbox_to_hbox(boxes), boxes[:, 2] * boxes[:, 3], labels, iou_threshold
+        self.frames = _frames(boxes)
+        self.reach = float(boxes[:, :2].abs().max()) + 1.0
+        self._boxes, self._polys = boxes, None
+        self._x1, self._x2 = _shifted_x(self.env, labels)
+        self._by_x = torch.argsort(self._x1)
+        self._sorted_x1 = self._x1[self._by_x]
+        width = float((self._x2 - self._x1).max())  # with slack: the shift may round the width up
+        self._width = width * (1 + 1e-9) + 1e-12 * float(self._x2.abs().max())
+
+    def overlaps_per_box(self) -> float:
+        """Mean number of same-class boxes whose envelopes overlap a box's in x (the density of the set)."""
+        ends = torch.searchsorted(self._sorted_x1, self._x2[self._by_x], side="left")
+        return float((ends - torch.arange(1, self.k + 1, device=self.device)).clamp_min(0).sum()) / self.k
+
+    def reach_out(self, src: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
+        """Candidate pairs (i in ``src``, j with ``alive[j]``) found by sweep and prune: j starts (in the classes'
+        shifted x) after i's start minus the widest envelope and before i's end; the rest as :meth:`candidates`."""
+        lo = torch.searchsorted(self._sorted_x1, self._x1[src] - self._width, side="left")
+        hi = torch.searchsorted(self._sorted_x1, self._x2[src], side="left")
+        count = (hi - lo).clamp_min(0)
+        csum = torch.cumsum(count, 0)
+        total = int(csum[-1])
+        if total == 0:
+            return src[:0], src[:0]
+        cuts = [0, *torch.searchsorted(csum, torch.arange(1, total // _MAX_CANDIDATES + 1, device=src.device)
+                                       * _MAX_CANDIDATES).tolist(), src.numel()]
+        out_i, out_j = [], []
+        for c0, c1 in zip(cuts[:-1], cuts[1:]):
+            if c1 <= c0:
+                continue
+            cnt = count[c0:c1]
+            n = int(cnt.sum())
+            owner = torch.repeat_interleave(torch.arange(c0, c1, device=src.device), cnt, output_size=n)
+            start = torch.cumsum(cnt, 0) - cnt
+            j = self._by_x[lo[owner] + torch.arange(n, device=src.device) - start[owner - c0]]
+            i = src[owner]
+            y1, y2 = self.env[:, 1], self.env[:, 3]
+            live = alive[j] & (self._x2[j] > self._x1[i]) & (y1[j] < y2[i]) & (y1[i] < y2[j])  # cheap first cut
+            i, j = i[live], j[live]
+            ok = _may_suppress(self.env, self.area, self.labels, i, j, self.t)
+            out_i.append(i[ok])
+            out_j.append(j[ok])
+        return torch.cat(out_i), torch.cat(out_j)
+
+    def verdicts(self, i: Tensor, j: Tensor) -> Tensor:
+        """Cheap verdicts of candidate pairs: 1 suppresses, 2 does not, 0 needs the exact IoU."""
+        return _verdicts(self.frames, i, j, self.t, self.reach)
+
+    def exact(self, i: Tensor, j: Tensor) -> Tensor:
+        """Exact ``IoU(i, j) > threshold`` (bool)."""
+        if self._polys is None:
+            self._polys, self._areas, _ = _prepare(rbox_to_corners(self._boxes), "rboxes")
+        return _pair_overlaps(self._polys, self._areas, self._polys, self._areas, i, j, "iou") > self.t
+
+
+def _greedy_rounds(ctx: _Context) -> Tensor:
+    """Kept-box mask by the greedy recurrence solved in parallel rounds over all candidate pairs."""
+    k, device = ctx.k, ctx.device
+    src, dst = _candidate_pairs(ctx.env, ctx.area, ctx.labels, ctx.t)
+    verdict = ctx.verdicts(src, dst)
+    live = verdict != 2
+    src, dst, verdict = src[live], dst[live], verdict[live]
+    # box state 0 undecided, 1 kept, 2 removed; the exact IoU is computed lazily: only edges from kept boxes can
+    # suppress, so edges from removed boxes never need it
     state = torch.zeros(k, dtype=torch.int8, device=device)
     has_pred = torch.zeros(k, dtype=torch.bool, device=device)
     has_pred[dst] = True
     state[~has_pred] = 1
-    verdict = torch.zeros(src.numel(), dtype=torch.int8, device=device)  # 0 unknown, 1 suppresses, 2 does not
     while src.numel():
         s_state = state[src]
         todo = (verdict == 0) & (s_state == 1)
         if bool(todo.any()):
-            iou = _pair_overlaps(polys, areas, polys, areas, src[todo], dst[todo], "iou")
-            verdict[todo] = torch.where(iou > iou_threshold, 1, 2).to(torch.int8)
-        supp = torch.zeros(k, dtype=torch.int32, device=device).index_add_(0, dst, (verdict == 1).int())
-        open_ = torch.zeros(k, dtype=torch.int32, device=device).index_add_(
-            0, dst, ((verdict != 2) & (s_state != 2)).int()
-        )
+            verdict[todo] = torch.where(ctx.exact(src[todo], dst[todo]), 1, 2).to(torch.int8)
+        supp = torch.zeros(k, dtype=torch.int32, device=device)
+        supp.index_add_(0, dst, ((verdict == 1) & (s_state == 1)).int())
+        open_ = torch.zeros(k, dtype=torch.int32, device=device)
+        open_.index_add_(0, dst, ((verdict != 2) & (s_state != 2)).int())
         und = state == 0
         state[und & (supp > 0)] = 2
         state[und & (open_ == 0)] = 1
         live = state[dst] == 0  # edges into settled boxes are done
         src, dst, verdict = src[live], dst[live], verdict[live]
-    keep = cand[state == 1]
-    return keep if max_dets is None else keep[:max_dets]
+    return state == 1
+
+
+def _greedy_blocks(ctx: _Context) -> Tensor:
+    """Kept-box mask, block by block in score order: the next ``block`` unsettled boxes are resolved among
+    themselves (textbook greedy on their suppression bits), then the block's kept boxes remove the later boxes
+    they overlap too much. Only pairs with a kept first box are ever tested against later blocks."""
+    k, device, lab = ctx.k, ctx.device, ctx.labels
+    pending = torch.ones(k, dtype=torch.bool, device=device)
+    keep = torch.zeros(k, dtype=torch.bool, device=device)
+    block = _BLOCK
+    while True:
+        rem = torch.nonzero(pending).flatten()
+        if rem.numel() == 0:
+            break
+        blk, rest = rem[:block], rem[block:]
+        nb = blk.numel()
+        p, q = _candidate_pairs(ctx.env[blk], ctx.area[blk], lab[blk] if lab is not None else None, ctx.t)
+        i, j = blk[p], blk[q]
+        v = ctx.verdicts(i, j)
+        amb = v == 0
+        if bool(amb.any()):
+            v[amb] = torch.where(ctx.exact(i[amb], j[amb]), 1, 2).to(torch.int8)
+        hit = v == 1
+        kept = _greedy_bits(nb, p[hit], q[hit])
+        kb = blk[kept]
+        keep[kb] = True
+        pending[blk] = False
+        if rest.numel() == 0:
+            break
+        i, j = ctx.reach_out(kb, pending)
+        v = ctx.verdicts(i, j)
+        gone = torch.zeros(k, dtype=torch.bool, device=device)
+        gone[j[v == 1]] = True
+        amb = (v == 0) & ~gone[j]
+        if bool(amb.any()):
+            ia, ja = i[amb], j[amb]
+            gone[ja[ctx.exact(ia, ja)]] = True
+        pending &= ~gone
+        block = min(2 * block, _BLOCK_MAX) if 2 * kb.numel() > nb else _BLOCK
+    return keep
+
+
+def _greedy_bits(n: int, src: Tensor, dst: Tensor) -> Tensor:
+    """Textbook greedy over ``n`` boxes in order given the suppressing pairs ``src -> dst`` (src < dst); kept
+    local indices (int64). Runs on the host with Python integers as bit sets (n is a block, not the whole set)."""
+    rows = [0] * n
+    for a, b in zip(src.tolist(), dst.tolist()):
+        rows[a] |= 1 << b
+    removed, kept = 0, []
+    for a in range(n):
+        if not removed >> a & 1:
+            kept.append(a)
+            removed |= rows[a]
+    return torch.tensor(kept, dtype=torch.int64, device=src.device)
