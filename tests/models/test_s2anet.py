@@ -250,3 +250,28 @@ def test_eval_returns_le90_boxes_inside_the_image(small_model):
         assert (res["rboxes"][:, 4] >= -math.pi / 2).all() and (res["rboxes"][:, 4] < math.pi / 2).all()
         assert (res["rboxes"][:, 0] <= w - 1).all() and (res["rboxes"][:, 1] <= h - 1).all()
         assert (res["scores"][:-1] >= res["scores"][1:]).all()
+
+
+def test_optimize_for_inference_keeps_the_detections():
+    """The inference copy (channels-last heads) handles ORConv's 5-D weight and gives the same detections (heads
+    with larger random weights, so that scores differ between positions and NMS has no ties to break)."""
+    from lsknet.inference.optimize import optimize_for_inference
+    from lsknet.models.s2anet_parts import ORConv2d
+
+    torch.manual_seed(1)
+    model = build_s2anet("resnet10t", num_classes=2, fpn_channels=32).eval()
+    with torch.no_grad():
+        for m in [*model.fam_head.modules(), *model.odm_head.modules()]:
+            if isinstance(m, (torch.nn.Conv2d, ORConv2d)):
+                m.weight.normal_(std=0.15)
+        model.odm_head.odm_cls.bias.zero_()
+    image = [torch.rand(3, 90, 110) * 255]
+    eager = model(image)[0]
+    fast = optimize_for_inference(model)(image)[0]
+    assert len(eager["scores"]) == len(fast["scores"]) > 3
+    assert len(eager["scores"].unique()) == len(eager["scores"])
+    assert torch.allclose(eager["scores"], fast["scores"], atol=1e-5)
+    assert torch.equal(eager["labels"], fast["labels"])
+    from lsknet.ops import rbox_iou  # same rectangles (a near-square box may flip its le90 long side by rounding)
+
+    assert (rbox_iou(eager["rboxes"].double(), fast["rboxes"].double(), aligned=True) > 0.99).all()
