@@ -73,8 +73,9 @@ def _clip_pass(px: Tensor, py: Tensor, qx: Tensor, qy: Tensor, scale: Tensor, se
     """Twice the Green's-integral contribution of polygon p's edges clipped to convex polygon q.
 
     Coordinates are (K, E) / (L, E) with the pair dimension E last, so every elementwise op runs over long
-    contiguous rows. ``second`` (E,) marks pairs whose p is the second polygon: there an edge lying on a
-    same-direction edge line of q is dropped, because that piece was already counted for the first polygon.
+    contiguous rows. The pair axis holds each pair twice, first polygon clipped to the second, then the second to
+    the first (K == L); ``second`` (E,) marks the latter half: there an edge lying on a same-direction edge line
+    of q is dropped, because that piece was already counted for the first polygon.
     """
     dx, dy = px.roll(-1, 0) - px, py.roll(-1, 0) - py  # p's edges (K, E)
     ex, ey = qx.roll(-1, 0) - qx, qy.roll(-1, 0) - qy  # q's edges (L, E)
@@ -85,11 +86,16 @@ def _clip_pass(px: Tensor, py: Tensor, qx: Tensor, qy: Tensor, scale: Tensor, se
     tol = _TIE_TOL * torch.sqrt(ex * ex + ey * ey) * scale  # (L, E) (no hypot: graph exports lack it)
     near = n0.abs() <= tol
     tie = near & near.roll(-1, 0)  # the whole edge lies on the line: decided by the tie rule, not clipped
-    nd.masked_fill_(tie, 0.0)  # a tie constrains nothing here (and |n0| <= tol keeps it non-empty)
+    # edge k of p lies on edge l's line of q in one pass exactly when edge l lies on edge k's line in the other:
+    # one-sided ties (an edge a hair longer than the tolerance on one side) would drop both pieces or count both
+    both = tie.unflatten(-1, (2, -1))
+    tie = (both[..., 0, :] | both[..., 1, :].transpose(0, 1)).unsqueeze(-2)
+    tie = torch.cat([tie, tie.transpose(0, 1)], -2).flatten(-2)
+    nd.masked_fill_(tie, 0.0)  # a tie constrains nothing here
     r = n0 / nd  # crossing parameter; x/0 is masked out below
     t_lo = r.masked_fill(nd >= 0, -torch.inf).amax(1).clamp_min(0)  # entering the half-plane
     t_hi = r.masked_fill(nd <= 0, torch.inf).amin(1).clamp_max(1)  # leaving it
-    empty = (nd == 0) & (n0 < -tol)  # parallel and outside
+    empty = (nd == 0) & (n0 < -tol) & ~tie  # parallel and outside
     if torch.jit.is_tracing() or bool(tie.any()):  # rare: collinear edges (graph exports keep the branch)
         same = torch.addcmul(dx.unsqueeze(1) * ex, dy.unsqueeze(1), ey) > 0
         empty = empty | (tie & same & second)
