@@ -49,6 +49,9 @@ def test_config_keys_of_another_family_are_refused():
         detector_from_config({"name": "lsknet_t_s2anet", "rpn": {"nms_pre": 10}}, 3)
     with pytest.raises(ConfigError, match=r"\['head'\] do not apply to 'lsknet_t'"):
         detector_from_config({"name": "lsknet_t", "head": {"x": 1}}, 3)
+    # the defaults every preset inherits from detect.yaml ({} / null) do not count
+    model = detector_from_config({"name": "lsknet_t_r3det", "rpn": {}, "roi": None, "head": {}}, 3)
+    assert type(model).__name__ == "R3Det"
     with pytest.raises(ConfigError, match="unknown model key"):
         detector_from_config({"name": "lsknet_t", "heads": {}}, 3)
 

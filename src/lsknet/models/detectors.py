@@ -106,7 +106,10 @@ def detector_from_config(model_cfg: Mapping[str, Any], num_classes: int, load_ch
     name = str(cfg.pop("name", "lsknet_t"))
     variant, kind = split_detector_name(name)
     per_kind = {k for keys in _KIND_KEYS.values() for k in keys}
-    misplaced = sorted(k for k in cfg if cfg[k] is not None and k in per_kind and k not in _KIND_KEYS[kind])
+    for key in per_kind - set(_KIND_KEYS[kind]):  # another family's options: absent, null or {} (the defaults)
+        if cfg.get(key) in (None, {}):
+            cfg.pop(key, None)
+    misplaced = sorted(k for k in cfg if k in per_kind and k not in _KIND_KEYS[kind])
     if misplaced:
         raise ConfigError(
             f"model key(s) {misplaced} do not apply to {name!r}; it takes {', '.join(_KIND_KEYS[kind])}"
