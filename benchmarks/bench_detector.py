@@ -11,7 +11,8 @@ model's workload: 2000 proposals, a few thousand NMS candidates), one ``size`` x
 ``yolo11{n,s,m}-obb.yaml`` with random weights, Conv+BN fused as Ultralytics' predictor does, raw ``model(x)`` on a
 0..1 tensor (box decoding included, no NMS, no pre-processing). Each repeat runs every model once, in turn, so load
 from other processes hits all alike; reported are medians and, against the eager LSKNet-T, the median of per-repeat
-ratios. Peak memory: each model once more in a child process, ``VmHWM`` minus ``VmRSS`` before its first forward.
+ratios; also process CPU time (all threads), which other jobs on a shared machine disturb less. Peak memory: each
+model once more in a child process, ``VmHWM`` minus ``VmRSS`` before its first forward.
 ``--train-sizes``: training iterations per second of the eager detector (batch ``--train-batch``), in child processes.
 """
 
@@ -150,6 +151,7 @@ def main() -> None:
             names += [f"yolo11{s}-obb" for s in YOLO]
     x = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)) * 255
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}  # process CPU time: less sensitive to other jobs' load
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         runners = _runners(args, names, Path(tmp), {})
         onnx = {n.split(" ")[0]: str(p) for n, r in runners.items() if (p := getattr(r, "path", None))}
@@ -157,9 +159,10 @@ def main() -> None:
             run(x)
         for _ in range(args.repeats):
             for name, run in runners.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 run(x)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
         memory = {}
         if not args.no_memory:
             for name in names:
@@ -173,6 +176,8 @@ def main() -> None:
         row = {"model": name, "median_ms": round(statistics.median(times[name]) * 1000, 1)}
         ratios = [a / b for a, b in zip(times[ref], times[name])]
         row["speedup_vs_" + ref.replace(" ", "_")] = round(statistics.median(ratios), 3)
+        row["median_cpu_ms"] = round(statistics.median(cpu[name]) * 1000, 1)
+        row["cpu_speedup"] = round(statistics.median(a / b for a, b in zip(cpu[ref], cpu[name])), 3)
         row.update(memory.get(name, {}))
         rows.append(row)
         print(json.dumps(row), flush=True)
