@@ -61,7 +61,7 @@ def dense_cluster(n: int, n_objects: int, seed: int) -> tuple[torch.Tensor, torc
     return torch.cat([c, wh, t[:, None]], 1), torch.rand(n, generator=g)
 
 
-def detector_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int]:
+def detector_case() -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, int | None]:
     """The class-wise NMS input of LSKNet-T Oriented R-CNN's test path on one random 1024 x 1024 image."""
     import lsknet.ops.multiclass_nms as mc
     from lsknet.models.oriented_rcnn import build_oriented_rcnn
@@ -83,7 +83,7 @@ def detector_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, in
     finally:
         mc.nms_rotated = real
     (rb, sc, thr), kw = seen[0][0][:3], seen[0][1]
-    return rb, sc, kw["labels"], float(thr), kw.get("max_dets")
+    return rb, sc, float(thr), kw["labels"], kw.get("max_dets")
 
 
 def load_before(rev: str):
