@@ -1,4 +1,4 @@
-"""ONNX export of every lsknet model: backbones, classifiers, segmenters and the whole Oriented R-CNN.
+"""ONNX export of every lsknet model: backbones, classifiers, segmenters and whole detectors (all four families).
 
 ::
 
@@ -105,8 +105,9 @@ def to_onnx(
     """Export ``model`` (eval mode is used; the model is left as it was) to an ONNX file at ``path``; returns it.
 
     Args:
-        model: an :class:`~lsknet.models.oriented_rcnn.OrientedRCNN`, a segmenter, a timm classifier or a timm
-            ``features_only`` backbone (outputs ``feat0``, ``feat1``, ... one per map).
+        model: a detector (Oriented R-CNN, RoI Transformer, S2A-Net or R3Det; see :mod:`lsknet.export.families`),
+            a segmenter, a timm classifier or a timm ``features_only`` backbone (outputs ``feat0``, ``feat1``, ...
+            one per map).
         input_size: (B, 3, H, W) of the example input used for tracing (detector: B must be 1; RGB 0..255 input,
             classifier / backbone / segmenter: normalised input, like the PyTorch model).
         dynamic: free batch and spatial axes (detector: free height and width); ``False`` fixes them.
@@ -127,12 +128,15 @@ def to_onnx(
         example = torch.rand(size) * 255.0 if kind == "detector" else torch.randn(size)
         if kind == "detector":
             from lsknet.export.detector import DetectorGraph
+            from lsknet.export.families import graph_for
             from lsknet.models.oriented_rcnn import OrientedRCNN
 
-            if not isinstance(model, OrientedRCNN):
+            family_graph = None if isinstance(model, OrientedRCNN) else graph_for(model)
+            if not isinstance(model, OrientedRCNN) and family_graph is None:
                 raise ExportError(
-                    f"ONNX export of {type(model).__name__} is not available: the exported detector graph is Oriented "
-                    "R-CNN's; run this detector in PyTorch (lsknet predict / eval with the .ckpt)"
+                    f"ONNX export of {type(model).__name__} is not available: detector graphs exist for Oriented "
+                    "R-CNN, RoI Transformer, S2A-Net and R3Det; run this detector in PyTorch (lsknet predict / eval "
+                    "with the .ckpt)"
                 )
             if getattr(model, "test_resize", None) is not None:
                 raise ExportError(
@@ -141,7 +145,7 @@ def to_onnx(
                 )
             if size[0] != 1:
                 raise ExportError(f"the detector graph takes one image at a time: input_size {size} must have batch 1")
-            net: nn.Module = DetectorGraph(model)
+            net: nn.Module = DetectorGraph(model) if family_graph is None else family_graph
             inputs, outputs = ["image"], ["rboxes", "scores", "labels"]
             shapes: list[torch.Size] = []
         else:

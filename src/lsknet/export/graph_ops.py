@@ -8,6 +8,8 @@ operations that ``torch.onnx.export`` (TorchScript tracer) turns into a graph th
   ``NonMaxSuppression``;
 - :func:`roi_align_rotated_graph` - RoIAlignRotated as 4 x gh x gw gathers of the MMCV bilinear samples
   (the same sample positions and weights as :func:`lsknet.ops.roi_align_rotated`);
+- :func:`deform_conv2d_graph` - ``torchvision.ops.deform_conv2d`` (stride 1, no dilation, groups or mask; the
+  S2A-Net AlignConv) as 4 bilinear gathers per kernel tap and one matrix product;
 - :func:`nms_rotated_graph` - the greedy class-wise rotated NMS of :func:`lsknet.ops.nms_rotated`: candidate pairs
   from the same pair test, exact IoU from the same polygon clipping, and the greedy recurrence solved by a scripted
   loop (an ONNX ``Loop``) that iterates ``keep[j] = no kept i -> j suppresses j`` to its fixed point.
@@ -26,7 +28,14 @@ from lsknet.ops.iou import _orient, _pair_block
 from lsknet.ops.nms import _may_suppress
 from lsknet.ops.roi_align_rotated import _bags, _roi_geometry
 
-__all__ = ["multiclass_nms", "nms_rotated_graph", "roi_align_rotated_graph", "topk_min"]
+__all__ = [
+    "deform_conv2d_graph",
+    "multiclass_nms",
+    "multiclass_nms_rotated_graph",
+    "nms_rotated_graph",
+    "roi_align_rotated_graph",
+    "topk_min",
+]
 
 
 def _numel(x: Tensor) -> Tensor:
@@ -151,3 +160,50 @@ def nms_rotated_graph(
     keep = _greedy_fixed_point(torch.ones_like(lab, dtype=torch.bool), i[hit], j[hit])
     kept = order[torch.nonzero(keep).flatten()]
     return kept if max_dets is None else kept[:max_dets]
+
+
+def multiclass_nms_rotated_graph(
+    rboxes: Tensor, scores: Tensor, score_thr: float, iou_thr: float, max_per_img: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`lsknet.ops.multiclass_nms_rotated` as graph steps: ``rboxes`` (N, 5) shared by the classes or (N, 5 * C)
+    per class, ``scores`` (N, C) -> ``(rboxes (D, 5), scores (D,), labels (D,) int64)`` by descending score."""
+    boxes3 = rboxes.reshape(rboxes.shape[0], -1, 5)
+    mask = (scores > score_thr) & torch.isfinite(boxes3).all(dim=2)
+    box_idx, labels = torch.nonzero(mask, as_tuple=True)
+    per_class = rboxes.shape[1] != 5
+    cand_boxes = boxes3[box_idx, labels] if per_class else rboxes[box_idx]
+    cand_scores = scores[box_idx, labels]
+    keep = nms_rotated_graph(cand_boxes, cand_scores, labels, iou_thr, max_per_img)
+    return cand_boxes[keep], cand_scores[keep], labels[keep]
+
+
+def deform_conv2d_graph(x: Tensor, offset: Tensor, weight: Tensor, padding: int) -> Tensor:
+    """``torchvision.ops.deform_conv2d(x, offset, weight, padding=padding)`` for stride 1, dilation 1, one offset
+    group, no mask or bias, one image: ``x`` (1, C, H, W), ``offset`` (1, 2 * kh * kw, H', W') as ``(dy, dx)`` per
+    tap (row-major), ``weight`` (O, C, kh, kw) -> (1, O, H', W'). Tap ``(i, j)`` of output ``(y, x)`` samples
+    ``(y - padding + i + dy, x - padding + j + dx)`` bilinearly; a point outside ``(-1, H) x (-1, W)`` gives 0 and
+    corners outside the map count 0 (torchvision's ``bilinear_interpolate``)."""
+    _, ch, hh, ww = x.shape
+    out_c, _, kh, kw = weight.shape
+    oh, ow = offset.shape[2], offset.shape[3]
+    off = offset[0].reshape(kh * kw, 2, -1).to(x.dtype)  # (K, 2, H'W')
+    ys = torch.arange(oh, device=x.device).to(x.dtype).repeat_interleave(ow)
+    xs = torch.arange(ow, device=x.device).to(x.dtype).repeat(oh)
+    tap = torch.arange(kh * kw, device=x.device)
+    ti, tj = (tap // kw).to(x.dtype), (tap % kw).to(x.dtype)
+    py = ys[None, :] + (ti[:, None] - padding) + off[:, 0]
+    px = xs[None, :] + (tj[:, None] - padding) + off[:, 1]
+    inside = (py > -1) & (py < hh) & (px > -1) & (px < ww)
+    y0, x0 = py.floor(), px.floor()
+    ly, lx = py - y0, px - x0
+    table = x[0].permute(1, 2, 0).reshape(-1, ch)  # (H * W, C)
+    cols = None
+    for dy, dx, wgt in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx), (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
+        yy, xx = y0 + dy, x0 + dx
+        ok = inside & (yy >= 0) & (yy <= hh - 1) & (xx >= 0) & (xx <= ww - 1)
+        idx = (yy.clamp(0, hh - 1) * ww + xx.clamp(0, ww - 1)).long()
+        part = F.embedding(idx, table) * (wgt * ok.to(x.dtype)).unsqueeze(-1)  # (K, H'W', C)
+        cols = part if cols is None else cols + part
+    cols = cols.permute(1, 0, 2).reshape(-1, kh * kw * ch)  # (H'W', K * C)
+    w2 = weight.permute(0, 2, 3, 1).reshape(out_c, kh * kw * ch)
+    return (cols @ w2.t()).t().reshape(1, out_c, oh, ow)

@@ -358,7 +358,7 @@ class DeltaXYWHCoder:
         gx, gy = px + pw * d[:, 0], py + ph * d[:, 1]
         out = torch.stack([gx - gw * 0.5, gy - gh * 0.5, gx + gw * 0.5, gy + gh * 0.5], dim=1)
         if max_shape is not None:
-            h, w = float(max_shape[0]), float(max_shape[1])
+            h, w = max_shape[0], max_shape[1]  # no float(): a traced export keeps them graph values
             out = torch.stack(
                 [out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w), out[:, 3].clamp(0, h)], dim=1
             )
