@@ -37,6 +37,7 @@ __all__ = [
     "build_detector_backbone",
     "check_images",
     "load_detector_checkpoint",
+    "options_dataclass",
     "read_detector_state_dict",
 ]
 
@@ -102,6 +103,19 @@ def build_detector_backbone(
             name, features_only=True, out_indices=tuple(indices), drop_path_rate=drop_path_rate, **kwargs
         )
     return features, None, channels
+
+
+def options_dataclass(cls: type, value: Any, what: str) -> Any:
+    """A config mapping as the options dataclass ``cls`` (``None`` and ``cls`` instances pass through); a wrong field
+    or type raises :class:`ConfigError` naming ``what`` (e.g. ``"head.test_cfg"``)."""
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return cls(**value)
+        except TypeError as err:
+            raise ConfigError(f"{what}: {err}") from None
+    raise ConfigError(f"{what}: expected a mapping, got {type(value).__name__}")
 
 
 def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> None:

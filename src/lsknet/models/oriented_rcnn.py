@@ -31,6 +31,7 @@ from lsknet.models.detector_base import (
     build_detector_backbone,
     load_backbone_checkpoint,
     load_detector_checkpoint,
+    options_dataclass,
 )
 from lsknet.models.fpn import FPN
 from lsknet.models.roi_head import OrientedRoIHead, RoITestConfig
@@ -97,17 +98,6 @@ class OrientedRCNN(TwoStageDetector):
         )
 
 
-def _dataclass_from(cls: type, value: Any, what: str) -> Any:
-    if value is None or isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        try:
-            return cls(**value)
-        except TypeError as err:
-            raise ConfigError(f"{what}: {err}") from None
-    raise ConfigError(f"{what}: expected a mapping, got {type(value).__name__}")
-
-
 def build_oriented_rcnn(
     variant: str = "lsknet_t",
     num_classes: int = 15,
@@ -146,9 +136,9 @@ def build_oriented_rcnn(
     rpn_kw = dict(rpn or {})
     anchor_kw = {k.removeprefix("anchor_"): rpn_kw.pop(k) for k in list(rpn_kw) if k.startswith("anchor_")}
     for key in ("train_proposals", "test_proposals"):
-        rpn_kw[key] = _dataclass_from(ProposalConfig, rpn_kw.get(key), f"rpn.{key}")
+        rpn_kw[key] = options_dataclass(ProposalConfig, rpn_kw.get(key), f"rpn.{key}")
     roi_kw = dict(roi or {})
-    roi_kw["test_cfg"] = _dataclass_from(RoITestConfig, roi_kw.get("test_cfg"), "roi.test_cfg")
+    roi_kw["test_cfg"] = options_dataclass(RoITestConfig, roi_kw.get("test_cfg"), "roi.test_cfg")
     try:
         rpn_head = OrientedRPNHead(fpn_channels, fpn_channels, AnchorGenerator(**anchor_kw), **rpn_kw)
         roi_head = OrientedRoIHead(num_classes, fpn_channels, **roi_kw)

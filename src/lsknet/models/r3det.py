@@ -31,9 +31,9 @@ from lsknet.models.detector_base import (
     build_detector_backbone,
     load_backbone_checkpoint,
     load_detector_checkpoint,
+    options_dataclass,
 )
 from lsknet.models.fpn import FPN
-from lsknet.models.oriented_rcnn import _dataclass_from
 from lsknet.models.retina_head import RetinaTestConfig, RotatedAnchorGenerator, RotatedRetinaHead
 from lsknet.ops import DeltaXYWHTCoder, rotated_feature_align
 
@@ -187,7 +187,7 @@ def build_r3det(
     the detector. Unknown keys raise :class:`ConfigError`.
     """
     opts = dict(head or {})
-    test_cfg = _dataclass_from(RetinaTestConfig, opts.pop("test_cfg", None), "head.test_cfg") or RetinaTestConfig()
+    test_cfg = options_dataclass(RetinaTestConfig, opts.pop("test_cfg", None), "head.test_cfg") or RetinaTestConfig()
     stages = int(opts.pop("num_refine_stages", 2))
     iou_thrs = [tuple(t) for t in opts.pop("refine_iou_thrs", REFINE_IOU_THRS)]
     if len(iou_thrs) < stages:

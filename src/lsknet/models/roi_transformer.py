@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from lsknet.errors import ConfigError
-from lsknet.models.detector_base import build_detector_backbone, load_backbone_checkpoint, load_detector_checkpoint
+from lsknet.models.detector_base import (
+    build_detector_backbone,
+    load_backbone_checkpoint,
+    load_detector_checkpoint,
+    options_dataclass,
+)
 from lsknet.models.fpn import FPN
-from lsknet.models.oriented_rcnn import _dataclass_from
 from lsknet.models.roi_head import RoITestConfig
 from lsknet.models.roi_trans_head import RoITransRoIHead, StageTrainConfig
 from lsknet.models.rpn import AnchorGenerator, HorizontalRPNHead, ProposalConfig
@@ -47,7 +51,7 @@ def _proposal_cfg(value: Any, what: str) -> ProposalConfig | None:
     """A :class:`ProposalConfig` from a mapping, with the RoI Transformer default NMS IoU 0.7 (not 0.8)."""
     if isinstance(value, Mapping):
         value = {"nms_iou": 0.7, **value}
-    return _dataclass_from(ProposalConfig, value, what)
+    return options_dataclass(ProposalConfig, value, what)
 
 
 def _stage_cfgs(value: Any) -> list[StageTrainConfig] | None:
@@ -55,7 +59,7 @@ def _stage_cfgs(value: Any) -> list[StageTrainConfig] | None:
         return value
     if isinstance(value, Mapping):
         value = [value, value]
-    return [_dataclass_from(StageTrainConfig, v, f"head.train_cfg[{i}]") for i, v in enumerate(value)]
+    return [options_dataclass(StageTrainConfig, v, f"head.train_cfg[{i}]") for i, v in enumerate(value)]
 
 
 _RPN_KEYS = {
@@ -116,7 +120,7 @@ def build_roi_transformer(
         raise ConfigError(f"unknown RPN option(s) {['rpn_' + k for k in unknown]}; known: {known}")
     for key in ("train_proposals", "test_proposals"):
         rpn_kw[key] = _proposal_cfg(rpn_kw.get(key), f"head.rpn_{key}")
-    head_kw["test_cfg"] = _dataclass_from(RoITestConfig, head_kw.get("test_cfg"), "head.test_cfg")
+    head_kw["test_cfg"] = options_dataclass(RoITestConfig, head_kw.get("test_cfg"), "head.test_cfg")
     head_kw["train_cfg"] = _stage_cfgs(head_kw.get("train_cfg"))
     allowed = {"roi_size", "fc_channels", "stage_loss_weights", "train_cfg", "test_cfg", "smooth_l1_beta"}
     unknown = sorted(set(head_kw) - allowed)

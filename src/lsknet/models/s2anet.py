@@ -29,9 +29,9 @@ from lsknet.models.detector_base import (
     build_detector_backbone,
     load_backbone_checkpoint,
     load_detector_checkpoint,
+    options_dataclass,
 )
 from lsknet.models.fpn import FPN
-from lsknet.models.oriented_rcnn import _dataclass_from  # mapping -> dataclass with a ConfigError
 from lsknet.models.retina_head import RetinaTestConfig, RotatedAnchorGenerator, RotatedRetinaHead
 from lsknet.models.s2anet_parts import AlignConvModule, ODMRefineHead
 from lsknet.ops import DeltaXYWHTCoder
@@ -162,7 +162,7 @@ def build_s2anet(
     unknown = sorted(set(opts) - {"test_cfg", "fam", "odm", "align_kernel_size"})
     if unknown:
         raise ConfigError(f"unknown S2A-Net head option(s) {unknown}; known: test_cfg, fam, odm, align_kernel_size")
-    test_cfg = _dataclass_from(RetinaTestConfig, opts.get("test_cfg"), "head.test_cfg")
+    test_cfg = options_dataclass(RetinaTestConfig, opts.get("test_cfg"), "head.test_cfg")
     fam_kw = {"assign_by_circumhbbox": None, "test_cfg": test_cfg, **dict(opts.get("fam") or {})}
     odm_kw = {"test_cfg": test_cfg, **dict(opts.get("odm") or {})}
     try:
