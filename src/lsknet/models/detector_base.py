@@ -37,6 +37,7 @@ __all__ = [
     "build_detector_backbone",
     "check_images",
     "load_detector_checkpoint",
+    "load_detector_weights",
     "options_dataclass",
     "read_detector_state_dict",
 ]
@@ -341,3 +342,15 @@ def load_detector_checkpoint(
         )
     load_state_dict_checked(model, cleaned, source=source, what=f"the {type(model).__name__} model", strict=strict)
     return {"loaded": sorted(cleaned), "ignored": sorted(ignored)}
+
+
+def load_detector_weights(
+    model: Detector, checkpoint: str | Path | None = None, backbone_checkpoint: str | Path | None = None
+) -> Detector:
+    """A builder's last step: the whole ``checkpoint`` (:func:`load_detector_checkpoint`), else ImageNet
+    ``backbone_checkpoint`` weights into the backbone, else nothing; returns ``model``."""
+    if checkpoint is not None:
+        load_detector_checkpoint(model, checkpoint)
+    elif backbone_checkpoint is not None:
+        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
+    return model

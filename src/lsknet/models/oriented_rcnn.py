@@ -29,8 +29,8 @@ from lsknet.models.detector_base import (
     PIXEL_MEAN,
     PIXEL_STD,
     build_detector_backbone,
-    load_backbone_checkpoint,
     load_detector_checkpoint,
+    load_detector_weights,
     options_dataclass,
 )
 from lsknet.models.fpn import FPN
@@ -145,8 +145,4 @@ def build_oriented_rcnn(
     except TypeError as err:
         raise ConfigError(f"bad detector option: {err}") from None
     model = OrientedRCNN(backbone, FPN(channels, fpn_channels, 5), rpn_head, roi_head, backbone_indices)
-    if checkpoint is not None:
-        load_detector_checkpoint(model, checkpoint)
-    elif backbone_checkpoint is not None:
-        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
-    return model
+    return load_detector_weights(model, checkpoint, backbone_checkpoint)

@@ -29,8 +29,7 @@ from lsknet.errors import ConfigError
 from lsknet.models.detector_base import (
     Detector,
     build_detector_backbone,
-    load_backbone_checkpoint,
-    load_detector_checkpoint,
+    load_detector_weights,
     options_dataclass,
 )
 from lsknet.models.fpn import FPN
@@ -220,9 +219,5 @@ def build_r3det(
             )  # fmt: skip
         )
     model = R3Det(backbone, neck, bbox_head, frms, refine, indices, weights, **detector_kw)
-    if checkpoint is not None:
-        load_detector_checkpoint(model, checkpoint)
-    elif backbone_checkpoint is not None:
-        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
-    return model
+    return load_detector_weights(model, checkpoint, backbone_checkpoint)
 

@@ -24,8 +24,7 @@ from typing import Any
 from lsknet.errors import ConfigError
 from lsknet.models.detector_base import (
     build_detector_backbone,
-    load_backbone_checkpoint,
-    load_detector_checkpoint,
+    load_detector_weights,
     options_dataclass,
 )
 from lsknet.models.fpn import FPN
@@ -132,9 +131,5 @@ def build_roi_transformer(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"bad RoI Transformer option: {err}") from None
     model = RoITransformer(backbone, FPN(channels, fpn_channels, 5), rpn_head, roi_head, backbone_indices)
-    if checkpoint is not None:
-        load_detector_checkpoint(model, checkpoint)
-    elif backbone_checkpoint is not None:
-        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
-    return model
+    return load_detector_weights(model, checkpoint, backbone_checkpoint)
 

@@ -27,8 +27,7 @@ from lsknet.errors import ConfigError
 from lsknet.models.detector_base import (
     Detector,
     build_detector_backbone,
-    load_backbone_checkpoint,
-    load_detector_checkpoint,
+    load_detector_weights,
     options_dataclass,
 )
 from lsknet.models.fpn import FPN
@@ -183,8 +182,4 @@ def build_s2anet(
     except TypeError as err:
         raise ConfigError(f"bad S2A-Net option: {err}") from None
     model = S2ANet(backbone, neck, fam_head, align_conv, odm_head, indices)
-    if checkpoint is not None:
-        load_detector_checkpoint(model, checkpoint)
-    elif backbone_checkpoint is not None:
-        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
-    return model
+    return load_detector_weights(model, checkpoint, backbone_checkpoint)
