@@ -157,33 +157,26 @@ def list_image_sources(sources: Iterable[Any]) -> list[Any]:
     return items
 
 
-def _detector_variant(obj: Any) -> str:
-    """``lsknet_t`` or ``lsknet_s`` from the width of a detector checkpoint's first conv (32 / 64 channels)."""
+def _mmrotate_detector_name(obj: Any, path: Path, variant: str | None = None) -> str:
+    """``lsknet_{t,s}_<family>`` of an MMRotate detector checkpoint: the variant (unless given) from the width of
+    its first conv (32 / 64 channels), the family (``orcnn``, ``roitrans``, ``s2anet``, ``r3det``) from its module
+    names; raises :class:`CheckpointError` when no family matches."""
     from lsknet.models.backbone import LSKNET_ARCHS
-    from lsknet.models.checkpoint import normalize_state_dict, unwrap_checkpoint
-
-    state = normalize_state_dict(unwrap_checkpoint(obj, use_ema=False), prefix="")
-    weight = state.get("backbone.patch_embed1.proj.weight")
-    width = int(weight.shape[0]) if weight is not None else None
-    for name, arch in LSKNET_ARCHS.items():
-        if width == arch["embed_dims"][0]:
-            return name
-    return "lsknet_t"
-
-
-def _detector_kind(obj: Any, path: Path) -> str:
-    """The detector family (``orcnn``, ``roitrans``, ``s2anet``, ``r3det``) of an MMRotate checkpoint, from its
-    module names; raises :class:`CheckpointError` when none matches."""
-    from lsknet.models.checkpoint import normalize_state_dict, unwrap_checkpoint
+    from lsknet.models.detector_base import read_detector_state_dict
     from lsknet.models.detectors import detector_kind_of_state_dict
 
-    kind = detector_kind_of_state_dict(normalize_state_dict(unwrap_checkpoint(obj, use_ema=False), prefix=""))
+    state, _, _ = read_detector_state_dict(obj)
+    kind = detector_kind_of_state_dict(state)
     if kind is None:
         raise CheckpointError(
             f"{path}: not a detector checkpoint of a known layout (Oriented R-CNN, RoI Transformer, S2A-Net, R3Det: "
             "no rpn_head/roi_head/fam_head/odm_head/refine_head keys)"
         )
-    return kind
+    if variant is None:
+        weight = state.get("backbone.patch_embed1.proj.weight")
+        width = int(weight.shape[0]) if weight is not None else None
+        variant = next((n for n, arch in LSKNET_ARCHS.items() if width == arch["embed_dims"][0]), "lsknet_t")
+    return f"{variant}_{kind}"
 
 
 class Predictor:
@@ -294,9 +287,7 @@ class Predictor:
             meta = obj.get("meta") if isinstance(obj, dict) else None
             stored = meta.get("CLASSES") if isinstance(meta, dict) else None
             names = get_classes(classes if classes is not None else (stored or "dota1.0"))
-            model = build_detector(
-                f"{variant or _detector_variant(obj)}_{_detector_kind(obj, path)}", num_classes=len(names)
-            )
+            model = build_detector(_mmrotate_detector_name(obj, path, variant), num_classes=len(names))
             load_detector_checkpoint(model, obj)
         return cls(model, names, device=device, **kwargs)
 

@@ -27,7 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lsknet.errors import CheckpointError, ConfigError
-from lsknet.models.checkpoint import load_state_dict_checked, normalize_state_dict
+from lsknet.models.checkpoint import (
+    load_backbone_weights,
+    load_checkpoint_file,
+    load_state_dict_checked,
+    normalize_state_dict,
+    unwrap_checkpoint,
+)
 from lsknet.ops import keep_ratio_size
 
 __all__ = [
@@ -117,13 +123,6 @@ def options_dataclass(cls: type, value: Any, what: str) -> Any:
         except TypeError as err:
             raise ConfigError(f"{what}: {err}") from None
     raise ConfigError(f"{what}: expected a mapping, got {type(value).__name__}")
-
-
-def load_backbone_checkpoint(backbone: nn.Module, path: str | Path) -> None:
-    """ImageNet weights (any official layout) into a detector's backbone."""
-    from lsknet.models.checkpoint import load_backbone_weights
-
-    load_backbone_weights(backbone, path)
 
 
 class Detector(nn.Module):
@@ -300,8 +299,6 @@ def read_detector_state_dict(source: str | Path | Mapping[str, Any]) -> tuple[di
     (LSKNet-S*) already hold the EMA weights and the ``ema_*`` buffers the raw training weights. ``module.``
     prefixes are removed.
     """
-    from lsknet.models.checkpoint import load_checkpoint_file, unwrap_checkpoint
-
     if isinstance(source, (str, Path)):
         state, name = unwrap_checkpoint(load_checkpoint_file(source), use_ema=False, source=str(source)), str(source)
     else:
@@ -352,5 +349,5 @@ def load_detector_weights(
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint)
     elif backbone_checkpoint is not None:
-        load_backbone_checkpoint(model.backbone, backbone_checkpoint)
+        load_backbone_weights(model.backbone, backbone_checkpoint)
     return model

@@ -57,16 +57,8 @@ class OrientedRCNN(TwoStageDetector):
         neck: :class:`~lsknet.models.fpn.FPN` (5 levels, strides 4..64).
         rpn_head: :class:`~lsknet.models.rpn.OrientedRPNHead`.
         roi_head: :class:`~lsknet.models.roi_head.OrientedRoIHead`.
-        backbone_indices: when given, features come from ``backbone.forward_intermediates(x, indices,
-            intermediates_only=True)`` (timm models); otherwise from ``backbone(x)``.
-        pixel_mean, pixel_std: normalisation in 0..255 units, RGB.
-        size_divisor: images are padded to a multiple of this.
-        batch_same_size: at inference, run images of the same padded size as one batch (faster on a GPU; results
-            then equal the one-by-one results only up to float rounding, which can flip NMS decisions). Default
-            ``False``: each image runs alone, as the official batch-1 test, so results never depend on the batch.
-        test_resize: at inference, rescale each image with its aspect ratio kept to fit this size (an int or
-            (H, W); small images are enlarged) and map the boxes back, as MMRotate's test ``RResize`` +
-            ``rescale=True`` (HRSC2016: 800; DOTA multi-scale patches: 1024). ``None``: native size.
+        backbone_indices, pixel_mean, pixel_std, size_divisor, batch_same_size, test_resize: see
+            :class:`~lsknet.models.detector_base.Detector`.
     """
 
     classifier_key = "roi_head.bbox_head.fc_cls.weight"
