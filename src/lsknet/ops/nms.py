@@ -3,11 +3,13 @@
 Result: exactly the boxes that the textbook greedy loop keeps (visit boxes by descending score, keep a box
 unless an already kept box of the same class overlaps it with IoU > ``iou_threshold``). How:
 
-1. candidate pairs (i before j in score order, same class, overlapping axis-aligned envelopes found by sweep
-   and prune, and an IoU upper bound from the areas and the envelope overlap above the threshold);
-2. cheap verdicts: each box's own frame bounds the intersection from above and below (:func:`_verdicts`), which
-   settles most candidate pairs with a wide margin; only the rest need the exact IoU (:mod:`lsknet.ops.iou`),
-   and only when their first box is kept;
+1. candidate pairs (i before j in score order, same class, overlapping axis-aligned envelopes and an IoU upper
+   bound from the areas and the envelope overlap above the threshold), found on a dense rows x columns matrix
+   for small sets, else by sweep and prune;
+2. the exact IoU of rectangle pairs in one rectangle's own frame (:func:`lsknet.ops.iou._rect_intersection`,
+   ~100 elementwise ops for any number of pairs); the parallel rounds first try cheap verdicts: each box's own
+   frame bounds the intersection from above and below (:func:`_verdicts`), which settles most pairs of sparse
+   sets with a wide margin, and compute the exact IoU only for the rest, and only when their first box is kept;
 3. the greedy order, solved one of two ways (same result), picked by the density of the set:
    - sparse sets (few envelope overlaps per box): the recurrence ``kept[j] = not any(kept[i] and IoU(i, j) > t
      for candidate pairs i -> j)`` in parallel rounds over all candidate pairs: an undecided box is removed once
@@ -16,7 +18,7 @@ unless an already kept box of the same class overlaps it with IoU > ``iou_thresh
    - dense sets (clusters of heavily overlapping detections): block by block in score order, the next unsettled
      boxes are resolved among themselves (greedy over their suppression bits), then the block's kept boxes
      remove the later boxes they overlap too much. Pairs whose first box is suppressed are never looked at, so
-     a cluster of hundreds of boxes costs about (kept boxes) x (cluster size) cheap pair tests.
+     a cluster of hundreds of boxes costs about (kept boxes) x (cluster size) exact pair tests.
 
 Classes never interact (equivalent to MMCV's coordinate-offset trick, without its precision loss).
 """
@@ -26,14 +28,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lsknet.ops.boxes import _check_finite, check_rboxes, rbox_to_corners, rbox_to_hbox
-from lsknet.ops.iou import _pair_overlaps, _prepare
+from lsknet.ops.boxes import _check_finite, check_rboxes, rbox_to_hbox
+from lsknet.ops.iou import _rect_frames, _rect_intersection
 
 __all__ = ["nms_rotated"]
 
 _MAX_CANDIDATES = 1 << 22  # raw sweep-and-prune pairs per block
 _DENSE = 100.0  # x-overlapping same-class pairs per box above which the block-wise greedy beats the rounds
 _BLOCK, _BLOCK_MAX = 64, 512  # boxes per block (doubled while most of a block is kept)
+_DENSE_PAIRS = 1 << 17  # largest rows x columns matrix searched densely for candidate pairs
 
 
 def _check_vector(x: object, n: int, name: str, floating: bool) -> Tensor:
@@ -212,9 +215,10 @@ class _Context:
     def __init__(self, boxes: Tensor, labels: Tensor | None, iou_threshold: float) -> None:
         self.k, self.device = boxes.shape[0], boxes.device
         self.env, self.area, self.labels, self.t = rbox_to_hbox(boxes), boxes[:, 2] * boxes[:, 3], labels, iou_threshold
+        self.area = self.area.abs()
         self.frames = _frames(boxes)
         self.reach = float(boxes[:, :2].abs().max()) + 1.0
-        self._boxes, self._polys = boxes, None
+        self._rect = _rect_frames(boxes).t().contiguous()  # (K, 6) rows: gathered per pair
         self._x1, self._x2 = _shifted_x(self.env, labels)
         self._by_x = torch.argsort(self._x1)
         self._sorted_x1 = self._x1[self._by_x]
@@ -225,6 +229,23 @@ class _Context:
         """Mean number of same-class boxes whose envelopes overlap a box's in x (the density of the set)."""
         ends = torch.searchsorted(self._sorted_x1, self._x2[self._by_x], side="left")
         return float((ends - torch.arange(1, self.k + 1, device=self.device)).clamp_min(0).sum()) / self.k
+
+    def dense_pairs(self, rows: Tensor, cols: Tensor, upper: bool) -> tuple[Tensor, Tensor]:
+        """Candidate pairs (``rows[a]``, ``cols[b]``) as positions (a, b), found on the rows x columns matrix (for
+        small sets): same class, and an IoU upper bound from the envelopes' overlap and the areas above the
+        threshold (as :func:`_may_suppress`); ``upper``: rows == cols and only a < b."""
+        er, ec = self.env.index_select(0, rows), self.env.index_select(0, cols)
+        ar, ac = self.area.index_select(0, rows).unsqueeze(1), self.area.index_select(0, cols)
+        ov = (torch.minimum(er[:, 2:3], ec[:, 2]) - torch.maximum(er[:, 0:1], ec[:, 0])).clamp_min_(0)
+        ov *= (torch.minimum(er[:, 3:4], ec[:, 3]) - torch.maximum(er[:, 1:2], ec[:, 1])).clamp_min_(0)
+        u = torch.minimum(ov, torch.minimum(ar, ac))
+        ok = u > (ar + ac - u).mul_(self.t * (1 - 1e-9))
+        if self.labels is not None:
+            ok &= self.labels.index_select(0, rows).unsqueeze(1) == self.labels.index_select(0, cols)
+        if upper:
+            ok = ok.triu_(1)
+        a, b = torch.nonzero(ok, as_tuple=True)
+        return a, b
 
     def reach_out(self, src: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
         """Candidate pairs (i in ``src``, j with ``alive[j]``) found by sweep and prune: j starts (in the classes'
@@ -261,10 +282,10 @@ class _Context:
         return _verdicts(self.frames, i, j, self.t, self.reach)
 
     def exact(self, i: Tensor, j: Tensor) -> Tensor:
-        """Exact ``IoU(i, j) > threshold`` (bool)."""
-        if self._polys is None:
-            self._polys, self._areas, _ = _prepare(rbox_to_corners(self._boxes), "rboxes")
-        return _pair_overlaps(self._polys, self._areas, self._polys, self._areas, i, j, "iou") > self.t
+        """Exact ``IoU(i, j) > threshold`` (bool) of the pairs (i, j) (:func:`lsknet.ops.iou._rect_intersection`)."""
+        inter = _rect_intersection(self._rect.index_select(0, i).t(), self._rect.index_select(0, j).t())
+        union = self.area.index_select(0, i) + self.area.index_select(0, j) - inter
+        return inter / union > self.t  # 0 / 0 (two empty boxes) is NaN: never suppresses
 
 
 def _greedy_rounds(ctx: _Context) -> Tensor:
@@ -300,39 +321,35 @@ def _greedy_rounds(ctx: _Context) -> Tensor:
 def _greedy_blocks(ctx: _Context) -> Tensor:
     """Kept-box mask, block by block in score order: the next ``block`` unsettled boxes are resolved among
     themselves (textbook greedy on their suppression bits), then the block's kept boxes remove the later boxes
-    they overlap too much. Only pairs with a kept first box are ever tested against later blocks."""
+    they overlap too much. Only pairs with a kept first box are ever tested against later blocks. Pairs are
+    found on a dense rows x columns matrix while that is small, else by sweep and prune."""
     k, device, lab = ctx.k, ctx.device, ctx.labels
-    pending = torch.ones(k, dtype=torch.bool, device=device)
     keep = torch.zeros(k, dtype=torch.bool, device=device)
+    rem = torch.arange(k, device=device)  # unsettled boxes, in score order
     block = _BLOCK
-    while True:
-        rem = torch.nonzero(pending).flatten()
+    while rem.numel():
+        blk, rem = rem[:block], rem[block:]
+        nb = blk.numel()
+        if nb * nb <= _DENSE_PAIRS:
+            p, q = ctx.dense_pairs(blk, blk, upper=True)
+        else:
+            p, q = _candidate_pairs(ctx.env[blk], ctx.area[blk], lab[blk] if lab is not None else None, ctx.t)
+        hit = ctx.exact(blk.index_select(0, p), blk.index_select(0, q))
+        kept = _greedy_bits(nb, p[hit], q[hit])
+        kb = blk.index_select(0, kept)
+        keep[kb] = True
         if rem.numel() == 0:
             break
-        blk, rest = rem[:block], rem[block:]
-        nb = blk.numel()
-        p, q = _candidate_pairs(ctx.env[blk], ctx.area[blk], lab[blk] if lab is not None else None, ctx.t)
-        i, j = blk[p], blk[q]
-        v = ctx.verdicts(i, j)
-        amb = v == 0
-        if bool(amb.any()):
-            v[amb] = torch.where(ctx.exact(i[amb], j[amb]), 1, 2).to(torch.int8)
-        hit = v == 1
-        kept = _greedy_bits(nb, p[hit], q[hit])
-        kb = blk[kept]
-        keep[kb] = True
-        pending[blk] = False
-        if rest.numel() == 0:
-            break
-        i, j = ctx.reach_out(kb, pending)
-        v = ctx.verdicts(i, j)
-        gone = torch.zeros(k, dtype=torch.bool, device=device)
-        gone[j[v == 1]] = True
-        amb = (v == 0) & ~gone[j]
-        if bool(amb.any()):
-            ia, ja = i[amb], j[amb]
-            gone[ja[ctx.exact(ia, ja)]] = True
-        pending &= ~gone
+        if kb.numel() * rem.numel() <= _DENSE_PAIRS:
+            a, b = ctx.dense_pairs(kb, rem, upper=False)
+            i, j = kb.index_select(0, a), rem.index_select(0, b)
+        else:
+            alive = torch.zeros(k, dtype=torch.bool, device=device)
+            alive[rem] = True
+            i, j = ctx.reach_out(kb, alive)
+        alive = torch.ones(k, dtype=torch.bool, device=device)
+        alive[j[ctx.exact(i, j)]] = False
+        rem = rem[alive.index_select(0, rem)]
         block = min(2 * block, _BLOCK_MAX) if 2 * kb.numel() > nb else _BLOCK
     return keep
 
