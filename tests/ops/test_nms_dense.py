@@ -1,6 +1,6 @@
 """Rotated NMS on dense clusters, ties and degenerate boxes against the shapely greedy oracle, through both of
 ``nms_rotated``'s strategies (block-wise greedy for small sets, parallel rounds over all candidate pairs for large
-ones), and the cheap IoU bounds that let most pairs skip the exact IoU against shapely."""
+ones, each with the dense-matrix and the sweep-and-prune pair search)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,25 @@ import math
 from fractions import Fraction
 
 import pytest
-import shapely
 import torch
 
 import lsknet.ops.nms as nms_mod
-from lsknet.ops import nms_rotated, rbox_to_corners
+from lsknet.ops import nms_rotated
 
 from .test_nms import clustered_rboxes, greedy_reference
 
 
-@pytest.fixture(params=["blocks", "small_blocks", "rounds"])
+@pytest.fixture(params=["blocks", "small_blocks", "blocks_sweep", "rounds"])
 def strategy(request, monkeypatch):
-    """Force one strategy: blocks of the default size, tiny blocks (many block boundaries), or rounds."""
+    """Force one strategy: blocks of the default size, tiny blocks (many block boundaries), blocks whose pairs are
+    found by sweep and prune in many small chunks instead of the dense matrix, or rounds (small chunks)."""
     monkeypatch.setattr(nms_mod, "_DENSE", math.inf if request.param == "rounds" else -1.0)
     if request.param == "small_blocks":
         monkeypatch.setattr(nms_mod, "_BLOCK", 4)
         monkeypatch.setattr(nms_mod, "_BLOCK_MAX", 16)
+    if request.param in ("blocks_sweep", "rounds"):
+        monkeypatch.setattr(nms_mod, "_DENSE_PAIRS", 0)
+        monkeypatch.setattr(nms_mod, "_MAX_CANDIDATES_CPU", 300)
     return request.param
 
 
@@ -91,32 +94,3 @@ def test_right_angle_float32_boxes_sharing_an_edge_line():
     sc = torch.tensor([0.9, 0.8])
     for thr in (0.1, 0.15, 0.16):
         assert nms_rotated(rb, sc, thr).tolist() == greedy_reference(rb, sc, thr), thr
-
-
-def _shapely_iou(rb_a, rb_b):
-    pa = shapely.polygons(rbox_to_corners(rb_a.double()).numpy())
-    pb = shapely.polygons(rbox_to_corners(rb_b.double()).numpy())
-    inter = shapely.area(shapely.intersection(pa, pb))
-    union = shapely.area(pa) + shapely.area(pb) - inter
-    return torch.from_numpy(inter / union.clip(min=1e-300))
-
-
-@pytest.mark.parametrize("thr", [0.0, 0.1, 0.5, 0.9])
-def test_bounds_never_contradict_the_exact_iou(thr):
-    """Pairs the cheap bounds decide (1: IoU > thr, 2: IoU <= thr) agree with shapely; thin, far and aligned boxes."""
-    g = torch.Generator().manual_seed(7)
-    rb, _ = dense_cluster(600, n_objects=8, seed=8, dtype=torch.float64)
-    rb[:100, 3] *= 0.02  # thin
-    rb[100:200, :2] += 1e4  # far from the origin (paired among themselves below)
-    rb[200:300, 4] = torch.randint(0, 4, (100,), generator=g).double() * (math.pi / 2)  # aligned
-    i = torch.randint(0, 600, (6000,), generator=g)
-    j = torch.randint(0, 600, (6000,), generator=g)
-    far = (i >= 100) & (i < 200)
-    j = torch.where(far, torch.randint(100, 200, (6000,), generator=g), j)
-    j = torch.where((j >= 100) & (j < 200) & ~far, i, j)
-    reach = float(rb[:, :2].abs().max()) + 1
-    v = nms_mod._verdicts(nms_mod._frames(rb), i, j, thr, reach)
-    iou = _shapely_iou(rb[i], rb[j])
-    assert (v == 1).sum() > 300 and ((v == 2).sum() > 300 or thr == 0)  # the bounds decide most pairs
-    assert bool((iou[v == 1] > thr).all())
-    assert bool((iou[v == 2] <= thr).all())

@@ -7,9 +7,7 @@ unless an already kept box of the same class overlaps it with IoU > ``iou_thresh
    bound from the areas and the envelope overlap above the threshold), found on a dense rows x columns matrix
    for small sets, else by sweep and prune;
 2. the exact IoU of rectangle pairs in one rectangle's own frame (:func:`lsknet.ops.iou._rect_intersection`,
-   ~100 elementwise ops for any number of pairs); the parallel rounds first try cheap verdicts: each box's own
-   frame bounds the intersection from above and below (:func:`_verdicts`), which settles most pairs of sparse
-   sets with a wide margin, and compute the exact IoU only for the rest, and only when their first box is kept;
+   ~100 elementwise ops for any number of pairs), computed only for pairs whose first box is kept;
 3. the greedy order, solved one of two ways (same result), picked by the density of the set:
    - sparse sets (few envelope overlaps per box): the recurrence ``kept[j] = not any(kept[i] and IoU(i, j) > t
      for candidate pairs i -> j)`` in parallel rounds over all candidate pairs: an undecided box is removed once
@@ -33,7 +31,7 @@ from lsknet.ops.iou import _rect_frames, _rect_intersection
 
 __all__ = ["nms_rotated"]
 
-_MAX_CANDIDATES = 1 << 22  # raw sweep-and-prune pairs per block
+_MAX_CANDIDATES, _MAX_CANDIDATES_CPU = 1 << 22, 1 << 17  # raw sweep-and-prune pairs per chunk (CPU: stay in cache)
 _DENSE = 100.0  # x-overlapping same-class pairs per box above which the block-wise greedy beats the rounds
 _BLOCK, _BLOCK_MAX = 64, 512  # boxes per block (doubled while most of a block is kept)
 _DENSE_PAIRS = 1 << 17  # largest rows x columns matrix searched densely for candidate pairs
@@ -56,64 +54,19 @@ def _may_suppress(
     """Whether box pairs (i, j) can overlap with IoU above the threshold: same class, overlapping envelopes and
     an IoU upper bound above it. IoU = I / (A1 + A2 - I) grows with I, and I <= U = min(A1, A2, envelope
     overlap): pairs whose bound U / (A1 + A2 - U) cannot exceed the threshold are skipped (margin for rounding)."""
-    e1, e2 = env[i], env[j]
+    e1, e2 = env.index_select(0, i), env.index_select(0, j)
     ok = (e1[:, 0] < e2[:, 2]) & (e2[:, 0] < e1[:, 2]) & (e1[:, 1] < e2[:, 3]) & (e2[:, 1] < e1[:, 3])
-    a1, a2 = area[i], area[j]
+    a1, a2 = area.index_select(0, i), area.index_select(0, j)
     ov = (torch.minimum(e1[:, 2:], e2[:, 2:]) - torch.maximum(e1[:, :2], e2[:, :2])).prod(1)
     u = torch.minimum(torch.minimum(a1, a2), ov)
     ok = ok & (u > iou_threshold * (1 - 1e-9) * (a1 + a2 - u))
     if labels is not None:
-        ok = ok & (labels[i] == labels[j])
+        ok = ok & (labels.index_select(0, i) == labels.index_select(0, j))
     return ok
 
 
-def _frames(boxes: Tensor) -> Tensor:
-    """float64 (K, 5) rboxes -> (K, 7): centre x, y, half width, half height (absolute), cos, sin, area."""
-    a, b = boxes[:, 2].abs() / 2, boxes[:, 3].abs() / 2
-    t = boxes[:, 4]
-    return torch.stack([boxes[:, 0], boxes[:, 1], a, b, torch.cos(t), torch.sin(t), 4 * a * b], 1)
-
-
-def _span(h1: Tensor, h2: Tensor, d: Tensor) -> Tensor:
-    """Length of the overlap of the intervals [-h1, h1] and [d - h2, d + h2] (d >= 0)."""
-    return torch.minimum(torch.minimum(h1, h2) * 2, h1 + h2 - d).clamp_min(0)
-
-
-def _verdicts(fr: Tensor, i: Tensor, j: Tensor, iou_threshold: float, reach: float) -> Tensor:
-    """Decide ``IoU(i, j) > iou_threshold`` from cheap bounds where they can: 1 yes, 2 no, 0 undecided.
-
-    Seen in box i's frame, box j lies inside its bounding rectangle (half sizes ``a cos + b sin``, ...) and
-    contains the rectangle whose corners touch its four sides; the overlaps of box i with these two axis-aligned
-    rectangles bound the intersection from above and below (and likewise in box j's frame). Decided pairs clear
-    the threshold by a margin far above the rounding of the exact IoU (``reach``: the largest |coordinate|).
-    """
-    f1, f2 = fr[i], fr[j]
-    x1, y1, a1, b1, c1, s1, ar1 = f1.unbind(1)
-    x2, y2, a2, b2, c2, s2, ar2 = f2.unbind(1)
-    dx, dy = x2 - x1, y2 - y1
-    cd, sd = (c1 * c2 + s1 * s2).abs(), (c1 * s2 - s1 * c2).abs()  # |cos|, |sin| of the angle between the boxes
-    u1, v1 = (dx * c1 + dy * s1).abs(), (dy * c1 - dx * s1).abs()  # centre offset in box i's frame
-    u2, v2 = (dx * c2 + dy * s2).abs(), (dy * c2 - dx * s2).abs()  # ... in box j's frame
-    hi = torch.minimum(
-        _span(a1, a2 * cd + b2 * sd, u1) * _span(b1, a2 * sd + b2 * cd, v1),
-        _span(a2, a1 * cd + b1 * sd, u2) * _span(b2, a1 * sd + b1 * cd, v2),
-    )
-    hi = torch.minimum(hi, torch.minimum(ar1, ar2))
-    den = cd * cd - sd * sd
-    ok = den.abs() > 1e-3
-    den = torch.where(ok, den, torch.ones_like(den))
-    p2, q2 = (a2 * cd - b2 * sd) / den, (b2 * cd - a2 * sd) / den  # inner rectangle of box j, box i's frame
-    p1, q1 = (a1 * cd - b1 * sd) / den, (b1 * cd - a1 * sd) / den
-    lo2 = torch.where(ok & (p2 >= 0) & (q2 >= 0), _span(a1, p2, u1) * _span(b1, q2, v1), 0.0)
-    lo1 = torch.where(ok & (p1 >= 0) & (q1 >= 0), _span(a2, p1, u2) * _span(b2, q1, v2), 0.0)
-    lo = torch.maximum(lo1, lo2)
-    side = torch.maximum(torch.maximum(a1, b1), torch.maximum(a2, b2)) * 2
-    tot = ar1 + ar2
-    margin = 1e-6 * tot + side * (1e-7 * side + 1e-12 * reach)
-    verdict = torch.zeros(i.shape, dtype=torch.int8, device=fr.device)
-    verdict[lo - iou_threshold * (tot - lo) > margin] = 1
-    verdict[hi - iou_threshold * (tot - hi) < -margin] = 2
-    return verdict
+def _chunk(device: torch.device) -> int:
+    return _MAX_CANDIDATES_CPU if device.type == "cpu" else _MAX_CANDIDATES
 
 
 def _shifted_x(env: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -135,16 +88,15 @@ def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_thres
     k = env.shape[0]
     x1, x2 = _shifted_x(env, labels)
     order = torch.argsort(x1)
-    xs1, xs2 = x1[order], x2[order]
-    ys1, ys2 = env[order, 1], env[order, 3]
+    xs1, xs2 = x1.index_select(0, order), x2.index_select(0, order)
+    ys1, ys2 = env[:, 1].index_select(0, order), env[:, 3].index_select(0, order)
     end = torch.searchsorted(xs1, xs2, side="left")
     pos = torch.arange(k, device=env.device)
     count = (end - pos - 1).clamp_min(0)
     csum = torch.cumsum(count, 0)
-    # blocks of sorted positions with at most _MAX_CANDIDATES raw pairs each (memory stays bounded)
-    cuts = torch.searchsorted(
-        csum, torch.arange(1, int(csum[-1]) // _MAX_CANDIDATES + 1, device=env.device) * _MAX_CANDIDATES
-    ).tolist()
+    # blocks of sorted positions with at most `chunk` raw pairs each (memory stays bounded)
+    chunk = _chunk(env.device)
+    cuts = torch.searchsorted(csum, torch.arange(1, int(csum[-1]) // chunk + 1, device=env.device) * chunk).tolist()
     src, dst = [], []
     for b0, b1 in zip([0, *cuts], [*cuts, k]):
         if b1 <= b0:
@@ -155,13 +107,14 @@ def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_thres
             continue
         p = torch.repeat_interleave(pos[b0:b1], cnt, output_size=total)
         start = torch.cumsum(cnt, 0) - cnt
-        q = p + 1 + torch.arange(total, device=env.device) - start[p - b0]
-        near = (ys1[p] < ys2[q]) & (ys1[q] < ys2[p])  # cheap first cut (x overlap holds by construction)
-        i, j = order[p[near]], order[q[near]]
+        q = p + 1 + torch.arange(total, device=env.device) - start.index_select(0, p - b0)
+        near = (ys1.index_select(0, p) < ys2.index_select(0, q)) & (ys1.index_select(0, q) < ys2.index_select(0, p))
+        near = torch.nonzero(near).squeeze(1)  # cheap first cut (x overlap holds by construction)
+        i, j = order.index_select(0, p.index_select(0, near)), order.index_select(0, q.index_select(0, near))
         i, j = torch.minimum(i, j), torch.maximum(i, j)
-        ok = _may_suppress(env, area, labels, i, j, iou_threshold)
-        src.append(i[ok])
-        dst.append(j[ok])
+        ok = torch.nonzero(_may_suppress(env, area, labels, i, j, iou_threshold)).squeeze(1)
+        src.append(i.index_select(0, ok))
+        dst.append(j.index_select(0, ok))
     if not src:
         return pos[:0], pos[:0]
     return torch.cat(src), torch.cat(dst)
@@ -216,8 +169,6 @@ class _Context:
         self.k, self.device = boxes.shape[0], boxes.device
         self.env, self.area, self.labels, self.t = rbox_to_hbox(boxes), boxes[:, 2] * boxes[:, 3], labels, iou_threshold
         self.area = self.area.abs()
-        self.frames = _frames(boxes)
-        self.reach = float(boxes[:, :2].abs().max()) + 1.0
         self._rect = _rect_frames(boxes).t().contiguous()  # (K, 6) rows: gathered per pair
         self._x1, self._x2 = _shifted_x(self.env, labels)
         self._by_x = torch.argsort(self._x1)
@@ -257,8 +208,9 @@ class _Context:
         total = int(csum[-1])
         if total == 0:
             return src[:0], src[:0]
-        cuts = [0, *torch.searchsorted(csum, torch.arange(1, total // _MAX_CANDIDATES + 1, device=src.device)
-                                       * _MAX_CANDIDATES).tolist(), src.numel()]
+        chunk = _chunk(src.device)
+        steps = torch.arange(1, total // chunk + 1, device=src.device) * chunk
+        cuts = [0, *torch.searchsorted(csum, steps).tolist(), src.numel()]
         out_i, out_j = [], []
         for c0, c1 in zip(cuts[:-1], cuts[1:]):
             if c1 <= c0:
@@ -277,10 +229,6 @@ class _Context:
             out_j.append(j[ok])
         return torch.cat(out_i), torch.cat(out_j)
 
-    def verdicts(self, i: Tensor, j: Tensor) -> Tensor:
-        """Cheap verdicts of candidate pairs: 1 suppresses, 2 does not, 0 needs the exact IoU."""
-        return _verdicts(self.frames, i, j, self.t, self.reach)
-
     def exact(self, i: Tensor, j: Tensor) -> Tensor:
         """Exact ``IoU(i, j) > threshold`` (bool) of the pairs (i, j) (:func:`lsknet.ops.iou._rect_intersection`)."""
         inter = _rect_intersection(self._rect.index_select(0, i).t(), self._rect.index_select(0, j).t())
@@ -292,9 +240,7 @@ def _greedy_rounds(ctx: _Context) -> Tensor:
     """Kept-box mask by the greedy recurrence solved in parallel rounds over all candidate pairs."""
     k, device = ctx.k, ctx.device
     src, dst = _candidate_pairs(ctx.env, ctx.area, ctx.labels, ctx.t)
-    verdict = ctx.verdicts(src, dst)
-    live = verdict != 2
-    src, dst, verdict = src[live], dst[live], verdict[live]
+    verdict = torch.zeros(src.shape, dtype=torch.int8, device=device)  # 0 not tested yet, 1 suppresses, 2 does not
     # box state 0 undecided, 1 kept, 2 removed; the exact IoU is computed lazily: only edges from kept boxes can
     # suppress, so edges from removed boxes never need it
     state = torch.zeros(k, dtype=torch.int8, device=device)
