@@ -203,24 +203,26 @@ def _rect_intersection(fa: Tensor, fb: Tensor) -> Tensor:
     Everything happens in rectangle a's own frame, where it is the box [-a, a] x [-b, b]: b's four corners are
     computed once, each of b's edges is clipped to the box (Liang-Barsky), and the boundary of the intersection is
     those pieces joined by arcs along the box's boundary. Green's integral ``x dy - y dx`` over a piece from S to E
-    is cross(S, E); over the box's boundary it is G(E) - G(S) with G the integral from the corner (a, -b) going
-    counter-clockwise (linear on each side), so twice the area is ``sum(cross(S, E) + G(S) - G(E))`` modulo one
-    full turn (8ab). Every crossing point is computed once and used by both the piece and the arc, and a piece lying
-    on the box's boundary contributes 0 (exactly so when it lies exactly on it: such pieces are dropped), so
-    collinear edges need no tie rule. The full-turn ambiguity (nothing or all of a) is settled by whether a's
-    centre lies in b. Pairs whose edges are exactly parallel (same angle, quarter turns) take the overlap of two
-    axis-aligned boxes, exact for boxes on a grid (exact IoU ties stay ties). Zero-area rectangles give 0.
+    is cross(S, E); along the box's boundary, counter-clockwise from the point (a, 0), it is
+    ``G(x, y) = ab (5 - 2 s) - 2 s b x + x y`` with s = +-1 the sign of y (linear on each side, checked side by
+    side), so twice the area is ``sum(cross(S, E) + G(S) - G(E))`` modulo one full turn (8ab). Every crossing point
+    is computed once and used by both the piece and the arc, and a piece lying on the box's boundary contributes 0
+    (exactly so when it lies exactly on it: such pieces are dropped), so collinear edges need no tie rule. Pieces
+    joined at one of b's corners inside the box see the same point twice, whose G values cancel. The full-turn
+    ambiguity (nothing or all of a) is settled by whether a's centre lies in b. Pairs whose edges are exactly
+    parallel (same angle, quarter turns) take the overlap of two axis-aligned boxes, exact for boxes on a grid
+    (exact IoU ties stay ties). Zero-area rectangles give 0.
     """
     xa, ya, a, b, ca, sa = fa
     xb, yb, p, q, cb, sb = fb
     dx, dy = xb - xa, yb - ya
     u, v = dx * ca + dy * sa, dy * ca - dx * sa  # b's centre in a's frame
     c, s = ca * cb + sa * sb, ca * sb - sa * cb  # b's rotation relative to a
-    k = torch.tensor([[-1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]], dtype=fa.dtype, device=fa.device).unsqueeze(-1)
+    k = _corner_signs(fa.dtype, fa.device)
     half = torch.stack([a, b]).unsqueeze(1)  # (2, 1, E)
     # corners (2, 4, E) counter-clockwise: centre + k1 * p (c, s) + k2 * q (-s, c)
-    pt = torch.stack([u, v]).unsqueeze(1) + k[0] * torch.stack([p * c, p * s]).unsqueeze(1)
-    pt = pt + k[1] * torch.stack([-q * s, q * c]).unsqueeze(1)
+    pc, ps, qs, qc = p * c, p * s, q * s, q * c
+    pt = torch.stack([u + k[0] * pc - k[1] * qs, v + k[0] * ps + k[1] * qc])
     nxt = pt.roll(-1, 1)  # each edge's end
     d = nxt - pt
     # parameters where each edge crosses the box's side lines (+-inf when parallel; NaN when it lies on one: the
@@ -232,29 +234,38 @@ def _rect_intersection(fa: Tensor, fb: Tensor) -> Tensor:
     live = thi > tlo
     ends = torch.cat([pt + tlo * d, nxt + (thi - 1) * d], 1)  # (2, 8, E): starts, ends (thi == 1: the next corner)
     gx, gy = ends[0], ends[1]
-    # G at the pieces' ends, from the side of the box a point faces (exact on the boundary; pieces joined at one of
-    # b's corners see the same point twice, which cancels)
-    a1, b1, ab = a.unsqueeze(0), b.unsqueeze(0), a * b
-    xdom = gx.abs() * b1 >= gy.abs() * a1
-    sg = torch.where(xdom, gx, gy).sign()
-    g = (5 - 2 * sg - 2 * xdom.to(sg.dtype)) * ab + sg * torch.where(xdom, a1 * gy, -b1 * gx)
+    ab = a * b
+    g = torch.copysign(torch.addcmul(ab, b, gx), gy).mul_(-2).add_(5 * ab).addcmul_(gx, gy)
     piece = gx[:4] * gy[4:] - gy[:4] * gx[4:] + g[:4] - g[4:]
     twice = torch.where(live, piece, 0.0).sum(0)
-    ok = (ab > 0) & (p * q > 0)
-    full = torch.where(ok, 8 * ab, 1.0)
+    full = 8 * ab.clamp_min(torch.finfo(ab.dtype).tiny)
     m = torch.remainder(twice, full)
     inside = ((dx * cb + dy * sb).abs() <= p) & ((dy * cb - dx * sb).abs() <= q)  # a's centre in b
     m = torch.where((m < _WRAP_TOL * full) & inside, m + full, m)
     m = torch.where((m > (1 - _WRAP_TOL) * full) & ~inside, m - full, m)
     inter = m / 2
-    # exactly parallel edges: overlap of two axis-aligned boxes (b's half extents along a's axes)
-    ac, as_ = c.abs(), s.abs()
-    hx, hy = p * ac + q * as_, p * as_ + q * ac
-    ox = torch.minimum(torch.minimum(a, hx) * 2, a + hx - u.abs()).clamp_min(0)
-    oy = torch.minimum(torch.minimum(b, hy) * 2, b + hy - v.abs()).clamp_min(0)
-    inter = torch.where((s == 0) | (c == 0), ox * oy, inter)
+    parallel = (s == 0) | (c == 0)
+    if torch.jit.is_tracing() or bool(parallel.any()):
+        # exactly parallel edges: overlap of two axis-aligned boxes (b's half extents along a's axes)
+        ac, as_ = c.abs(), s.abs()
+        hx, hy = p * ac + q * as_, p * as_ + q * ac
+        ox = torch.minimum(torch.minimum(a, hx) * 2, a + hx - u.abs()).clamp_min(0)
+        oy = torch.minimum(torch.minimum(b, hy) * 2, b + hy - v.abs()).clamp_min(0)
+        inter = torch.where(parallel, ox * oy, inter)
     inter = torch.minimum(inter.clamp_min(0), torch.minimum(4 * ab, 4 * p * q))
-    return torch.where(ok, inter, 0.0)
+    return torch.where((ab > 0) & (p * q > 0), inter, 0.0)
+
+
+_CORNERS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _corner_signs(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(2, 4, 1) signs of the half axes at a rectangle's corners, counter-clockwise (cached per dtype and device)."""
+    key = (dtype, device)
+    if key not in _CORNERS:
+        signs = [[-1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]]
+        _CORNERS[key] = torch.tensor(signs, dtype=dtype, device=device).unsqueeze(-1)
+    return _CORNERS[key]
 
 
 # ----------------------------------------------------------------------------------------------- public API

@@ -34,6 +34,7 @@ __all__ = ["nms_rotated"]
 _MAX_CANDIDATES, _MAX_CANDIDATES_CPU = 1 << 22, 1 << 17  # raw sweep-and-prune pairs per chunk (CPU: stay in cache)
 _DENSE = 100.0  # x-overlapping same-class pairs per box above which the block-wise greedy beats the rounds
 _BLOCK, _BLOCK_MAX = 64, 512  # boxes per block (doubled while most of a block is kept)
+_EXACT_CHUNK = 2048  # pairs per exact-IoU pass on CPU
 _DENSE_PAIRS = 1 << 17  # largest rows x columns matrix searched densely for candidate pairs
 
 
@@ -231,9 +232,14 @@ class _Context:
 
     def exact(self, i: Tensor, j: Tensor) -> Tensor:
         """Exact ``IoU(i, j) > threshold`` (bool) of the pairs (i, j) (:func:`lsknet.ops.iou._rect_intersection`)."""
-        inter = _rect_intersection(self._rect.index_select(0, i).t(), self._rect.index_select(0, j).t())
-        union = self.area.index_select(0, i) + self.area.index_select(0, j) - inter
-        return inter / union > self.t  # 0 / 0 (two empty boxes) is NaN: never suppresses
+        step = _EXACT_CHUNK if i.device.type == "cpu" else _MAX_CANDIDATES
+        out = [torch.zeros(0, dtype=torch.bool, device=i.device)]
+        for c in range(0, i.numel(), step):  # chunks whose temporaries stay in cache
+            ic, jc = i[c : c + step], j[c : c + step]
+            inter = _rect_intersection(self._rect.index_select(0, ic).t(), self._rect.index_select(0, jc).t())
+            union = self.area.index_select(0, ic) + self.area.index_select(0, jc) - inter
+            out.append(inter / union > self.t)  # 0 / 0 (two empty boxes) is NaN: never suppresses
+        return torch.cat(out) if len(out) > 2 else out[-1]
 
 
 def _greedy_rounds(ctx: _Context) -> Tensor:
