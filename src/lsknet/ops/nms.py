@@ -86,19 +86,21 @@ def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_thres
     Sweep and prune: sorted by left edge (classes shifted apart along x), box p can only overlap the boxes
     that start before its right edge, found with one ``searchsorted``; the rest is elementwise.
     """
-    k = env.shape[0]
+    k, device = env.shape[0], env.device
+    ix = torch.int32 if k < 1 << 31 else torch.int64  # int32 positions: half the memory traffic per raw pair
     x1, x2 = _shifted_x(env, labels)
     order = torch.argsort(x1)
     xs1, xs2 = x1.index_select(0, order), x2.index_select(0, order)
     ys1, ys2 = env[:, 1].index_select(0, order), env[:, 3].index_select(0, order)
+    order = order.to(ix)
     end = torch.searchsorted(xs1, xs2, side="left")
-    pos = torch.arange(k, device=env.device)
+    pos = torch.arange(k, device=device)
     count = (end - pos - 1).clamp_min(0)
     csum = torch.cumsum(count, 0)
     # blocks of sorted positions with at most `chunk` raw pairs each (memory stays bounded)
-    chunk = _chunk(env.device)
-    cuts = torch.searchsorted(csum, torch.arange(1, int(csum[-1]) // chunk + 1, device=env.device) * chunk).tolist()
-    src, dst = [], []
+    chunk = _chunk(device)
+    cuts = torch.searchsorted(csum, torch.arange(1, int(csum[-1]) // chunk + 1, device=device) * chunk).tolist()
+    src, dst = [pos[:0]], [pos[:0]]
     for b0, b1 in zip([0, *cuts], [*cuts, k]):
         if b1 <= b0:
             continue
@@ -106,18 +108,17 @@ def _candidate_pairs(env: Tensor, area: Tensor, labels: Tensor | None, iou_thres
         total = int(cnt.sum())
         if total == 0:
             continue
-        p = torch.repeat_interleave(pos[b0:b1], cnt, output_size=total)
-        start = torch.cumsum(cnt, 0) - cnt
-        q = p + 1 + torch.arange(total, device=env.device) - start.index_select(0, p - b0)
+        local = torch.repeat_interleave(torch.arange(b1 - b0, dtype=ix, device=device), cnt, output_size=total)
+        first = (pos[b0:b1] + 1 - torch.cumsum(cnt, 0) + cnt).to(ix)  # q = first[p] + (rank of the pair overall)
+        p = local + b0
+        q = first.index_select(0, local) + torch.arange(total, dtype=ix, device=device)
         near = (ys1.index_select(0, p) < ys2.index_select(0, q)) & (ys1.index_select(0, q) < ys2.index_select(0, p))
         near = torch.nonzero(near).squeeze(1)  # cheap first cut (x overlap holds by construction)
         i, j = order.index_select(0, p.index_select(0, near)), order.index_select(0, q.index_select(0, near))
         i, j = torch.minimum(i, j), torch.maximum(i, j)
         ok = torch.nonzero(_may_suppress(env, area, labels, i, j, iou_threshold)).squeeze(1)
-        src.append(i.index_select(0, ok))
-        dst.append(j.index_select(0, ok))
-    if not src:
-        return pos[:0], pos[:0]
+        src.append(i.index_select(0, ok).long())
+        dst.append(j.index_select(0, ok).long())
     return torch.cat(src), torch.cat(dst)
 
 
@@ -254,10 +255,11 @@ def _greedy_rounds(ctx: _Context) -> Tensor:
     has_pred[dst] = True
     state[~has_pred] = 1
     while src.numel():
-        s_state = state[src]
-        todo = (verdict == 0) & (s_state == 1)
-        if bool(todo.any()):
-            verdict[todo] = torch.where(ctx.exact(src[todo], dst[todo]), 1, 2).to(torch.int8)
+        s_state = state.index_select(0, src)
+        todo = torch.nonzero((verdict == 0) & (s_state == 1)).squeeze(1)
+        if todo.numel():
+            hit = ctx.exact(src.index_select(0, todo), dst.index_select(0, todo))
+            verdict.index_copy_(0, todo, 2 - hit.to(torch.int8))
         supp = torch.zeros(k, dtype=torch.int32, device=device)
         supp.index_add_(0, dst, ((verdict == 1) & (s_state == 1)).int())
         open_ = torch.zeros(k, dtype=torch.int32, device=device)
@@ -265,8 +267,8 @@ def _greedy_rounds(ctx: _Context) -> Tensor:
         und = state == 0
         state[und & (supp > 0)] = 2
         state[und & (open_ == 0)] = 1
-        live = state[dst] == 0  # edges into settled boxes are done
-        src, dst, verdict = src[live], dst[live], verdict[live]
+        live = torch.nonzero(state.index_select(0, dst) == 0).squeeze(1)  # edges into settled boxes are done
+        src, dst, verdict = src.index_select(0, live), dst.index_select(0, live), verdict.index_select(0, live)
     return state == 1
 
 
