@@ -188,6 +188,7 @@ def test_chunking_gives_the_same_answer(monkeypatch):
     a, b = rand_rboxes(60, seed=9, hi=50), rand_rboxes(70, seed=10, hi=50)
     full = rbox_iou(a, b)
     monkeypatch.setattr(iou_mod, "_MAX_PAIRS", 7)
+    monkeypatch.setattr(iou_mod, "_RECT_CHUNK", 7)
     monkeypatch.setattr(iou_mod, "_MAX_ENVELOPE", 100)
     assert torch.equal(rbox_iou(a, b), full)
     np.testing.assert_allclose(full.numpy(), shapely_overlaps(corners_np(a), corners_np(b)), atol=1e-10)

@@ -1,6 +1,6 @@
 """Exact overlaps of rotated boxes and quadrilaterals: IoU and IoF, pairwise (N x M) or aligned (N).
 
-Method. The intersection of two convex polygons is bounded by the pieces of each polygon's edges that lie
+Quadrilaterals. The intersection of two convex polygons is bounded by the pieces of each polygon's edges that lie
 inside the other one, so its area is Green's integral ``1/2 * sum cross(a, b)`` over those pieces. Each edge
 is clipped against the other polygon's half-planes with one vectorised Cyrus-Beck pass: no vertex lists, no
 sorting, fixed shapes, so the same code runs on any device. Edges lying on the same line are counted once
@@ -8,10 +8,16 @@ sorting, fixed shapes, so the same code runs on any device. Edges lying on the s
 size (the square root of float64 eps balances that tie error against the conditioning of near-parallel
 crossings, so the worst case is ~1e-8 relative and typical cases are exact to float64 rounding).
 
-Precision and memory. Pairs are centred on their joint bounding box and computed in float64 whatever the
-input dtype (so 1e4-pixel coordinates stay exact in float32); results come back in the promoted input dtype.
-Pairs whose axis-aligned envelopes do not overlap are exactly 0 and never reach the exact computation; the
-rest is processed in chunks of at most ``_MAX_PAIRS`` pairs, so memory stays bounded for any N x M.
+Rotated boxes are rectangles, which allows a cheaper exact method (:func:`_rect_intersection`, 2-5x faster): the
+second box is clipped in the first one's own frame, where that one is an axis-aligned box, and the arcs along its
+boundary come from a closed-form integral, so every crossing point is computed once and collinear edges need no
+tie rule (float64 rounding only; grid-aligned boxes are exact).
+
+Precision and memory. Pairs are computed in float64 whatever the input dtype (quadrilateral pairs centred on their
+joint bounding box, rectangle pairs in the first one's frame, so 1e4-pixel coordinates stay exact in float32);
+results come back in the promoted input dtype. Pairs whose axis-aligned envelopes do not overlap are exactly 0 and
+never reach the exact computation; the rest is processed in chunks (``_MAX_PAIRS``, ``_RECT_CHUNK``), so memory
+stays bounded for any N x M.
 
 Non-convex (but simple) quadrilaterals, which appear in DOTA ground truth, are split into two triangles
 along the diagonal at their reflex vertex; self-intersecting quadrilaterals raise ``ValueError``.
@@ -23,13 +29,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lsknet.ops.boxes import check_polys, check_rboxes, rbox_to_corners
+from lsknet.ops.boxes import check_polys, check_rboxes, rbox_to_hbox
 
 __all__ = ["poly_iof", "poly_iou", "rbox_iof", "rbox_iou"]
 
 _MAX_PAIRS = 1 << 12  # pairs per exact-computation chunk on CPU (temporaries stay in cache)
 _MAX_PAIRS_GPU = 1 << 18  # pairs per chunk on accelerators (~200 MB of float64 temporaries)
 _MAX_ENVELOPE = 1 << 22  # pairs per envelope pre-filter chunk (bool matrix)
+_RECT_CHUNK = 2048  # rectangle pairs per exact-computation chunk on CPU (temporaries stay in cache)
 _TIE_TOL = 1.5e-8  # relative distance under which an edge counts as lying on a line
 _CONVEX_TOL = 1e-9  # relative turn under which a vertex counts as straight
 
@@ -146,18 +153,28 @@ def _overlaps(
 ) -> Tensor:
     """``a``/``b``: validated (N, 4, 2) / (M, 4, 2) polygons; result in ``out_dtype`` (default: promoted)."""
     out_dtype = out_dtype or torch.promote_types(a.dtype, b.dtype)
-    n, m = a.shape[0], b.shape[0]
-    if aligned and n != m:
-        raise ValueError(f"aligned=True needs the same number of {names[0]} and {names[1]}, got {n} and {m}")
+    _check_aligned(a.shape[0], b.shape[0], aligned, names)
     pa, area_a, env_a = _prepare(a, names[0])
     pb, area_b, env_b = _prepare(b, names[1])
     if pa.shape[1] != pb.shape[1] or pa.shape[2] != pb.shape[2]:  # one side non-convex: both as triangles
         pa = pa if pa.shape[2] == 3 else _prepare_tris(pa)
         pb = pb if pb.shape[2] == 3 else _prepare_tris(pb)
+    return _fill(env_a, env_b, aligned, out_dtype, lambda i, j: _pair_overlaps(pa, area_a, pb, area_b, i, j, mode))
+
+
+def _check_aligned(n: int, m: int, aligned: bool, names: tuple[str, str]) -> None:
+    if aligned and n != m:
+        raise ValueError(f"aligned=True needs the same number of {names[0]} and {names[1]}, got {n} and {m}")
+
+
+def _fill(env_a: Tensor, env_b: Tensor, aligned: bool, out_dtype: torch.dtype, pairs) -> Tensor:
+    """(N,) aligned or (N, M) overlaps from ``pairs(i, j)`` (float64 values of the listed pairs), which only sees
+    the pairs whose envelopes (N, 4) / (M, 4) overlap: the rest is exactly 0."""
+    n, m = env_a.shape[0], env_b.shape[0]
     if aligned:
-        idx = torch.arange(n, device=a.device)
-        return _pair_overlaps(pa, area_a, pb, area_b, idx, idx, mode).to(out_dtype)
-    result = torch.zeros((n, m), dtype=out_dtype, device=a.device)  # the only N x M allocation
+        idx = torch.arange(n, device=env_a.device)
+        return pairs(idx, idx).to(out_dtype)
+    result = torch.zeros((n, m), dtype=out_dtype, device=env_a.device)  # the only N x M allocation
     if n == 0 or m == 0:
         return result
     rows = max(1, _MAX_ENVELOPE // m)
@@ -168,16 +185,18 @@ def _overlaps(
         hit &= (ea[..., 1] < eb[..., 3]) & (eb[..., 1] < ea[..., 3])
         i, j = torch.nonzero(hit, as_tuple=True)
         i = i + r0
-        result[i, j] = _pair_overlaps(pa, area_a, pb, area_b, i, j, mode).to(out_dtype)
+        result[i, j] = pairs(i, j).to(out_dtype)
     return result
 
 
 def _rbox_overlaps(a: Tensor, b: Tensor, aligned: bool, mode: str) -> Tensor:
+    """Rotated boxes as rectangles (:func:`_rect_overlaps`), float64 whatever the input dtype."""
     a, b = check_rboxes(a, "a"), check_rboxes(b, "b")
     out_dtype = torch.promote_types(a.dtype, b.dtype)
-    # corners in float64: float32 corners of a thin box far from the origin would lose its height
-    ca, cb = rbox_to_corners(a.to(torch.float64)), rbox_to_corners(b.to(torch.float64))
-    return _overlaps(ca, cb, aligned, mode, ("a", "b"), out_dtype)
+    _check_aligned(a.shape[0], b.shape[0], aligned, ("a", "b"))
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    fa, fb = _rect_frames(a).t().contiguous(), _rect_frames(b).t().contiguous()
+    return _fill(rbox_to_hbox(a), rbox_to_hbox(b), aligned, out_dtype, lambda i, j: _rect_overlaps(fa, fb, i, j, mode))
 
 
 def _prepare_tris(pieces: Tensor) -> Tensor:
@@ -266,6 +285,20 @@ def _corner_signs(dtype: torch.dtype, device: torch.device) -> Tensor:
         signs = [[-1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]]
         _CORNERS[key] = torch.tensor(signs, dtype=dtype, device=device).unsqueeze(-1)
     return _CORNERS[key]
+
+
+def _rect_overlaps(fa: Tensor, fb: Tensor, i: Tensor, j: Tensor, mode: str) -> Tensor:
+    """IoU or IoF (float64) of the rectangle pairs (``fa[i]``, ``fb[j]``), frames as rows (N, 6) / (M, 6), in
+    chunks whose temporaries stay in cache on CPU; 0 where the denominator is 0."""
+    step = _RECT_CHUNK if i.device.type == "cpu" else _MAX_PAIRS_GPU
+    out = [fa.new_zeros(0)]
+    for c in range(0, i.numel(), step):
+        a, b = fa.index_select(0, i[c : c + step]), fb.index_select(0, j[c : c + step])
+        inter = _rect_intersection(a.t(), b.t())
+        area_a = 4 * a[:, 2] * a[:, 3]
+        denom = area_a if mode == "iof" else area_a + 4 * b[:, 2] * b[:, 3] - inter
+        out.append(torch.where(denom > 0, inter / denom, 0.0))
+    return torch.cat(out) if len(out) > 2 else out[-1]
 
 
 # ----------------------------------------------------------------------------------------------- public API

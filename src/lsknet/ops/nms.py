@@ -27,14 +27,13 @@ import torch
 from torch import Tensor
 
 from lsknet.ops.boxes import _check_finite, check_rboxes, rbox_to_hbox
-from lsknet.ops.iou import _rect_frames, _rect_intersection
+from lsknet.ops.iou import _rect_frames, _rect_overlaps
 
 __all__ = ["nms_rotated"]
 
 _MAX_CANDIDATES, _MAX_CANDIDATES_CPU = 1 << 22, 1 << 17  # raw sweep-and-prune pairs per chunk (CPU: stay in cache)
 _DENSE = 100.0  # x-overlapping same-class pairs per box above which the block-wise greedy beats the rounds
 _BLOCK, _BLOCK_MAX = 64, 512  # boxes per block (doubled while most of a block is kept)
-_EXACT_CHUNK = 2048  # pairs per exact-IoU pass on CPU
 _DENSE_PAIRS = 1 << 17  # largest rows x columns matrix searched densely for candidate pairs
 
 
@@ -232,15 +231,9 @@ class _Context:
         return torch.cat(out_i), torch.cat(out_j)
 
     def exact(self, i: Tensor, j: Tensor) -> Tensor:
-        """Exact ``IoU(i, j) > threshold`` (bool) of the pairs (i, j) (:func:`lsknet.ops.iou._rect_intersection`)."""
-        step = _EXACT_CHUNK if i.device.type == "cpu" else _MAX_CANDIDATES
-        out = [torch.zeros(0, dtype=torch.bool, device=i.device)]
-        for c in range(0, i.numel(), step):  # chunks whose temporaries stay in cache
-            ic, jc = i[c : c + step], j[c : c + step]
-            inter = _rect_intersection(self._rect.index_select(0, ic).t(), self._rect.index_select(0, jc).t())
-            union = self.area.index_select(0, ic) + self.area.index_select(0, jc) - inter
-            out.append(inter / union > self.t)  # 0 / 0 (two empty boxes) is NaN: never suppresses
-        return torch.cat(out) if len(out) > 2 else out[-1]
+        """Exact ``IoU(i, j) > threshold`` (bool) of the pairs (i, j) (:func:`lsknet.ops.iou._rect_intersection`;
+        0 for two empty boxes)."""
+        return _rect_overlaps(self._rect, self._rect, i, j, "iou") > self.t
 
 
 def _greedy_rounds(ctx: _Context) -> Tensor:
