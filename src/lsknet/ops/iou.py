@@ -258,12 +258,12 @@ def _rect_intersection(fa: Tensor, fb: Tensor) -> Tensor:
     piece = gx[:4] * gy[4:] - gy[:4] * gx[4:] + g[:4] - g[4:]
     twice = torch.where(live, piece, 0.0).sum(0)
     full = 8 * ab.clamp_min(torch.finfo(ab.dtype).tiny)
-    m = torch.remainder(twice, full)
-    inside = ((dx * cb + dy * sb).abs() <= p) & ((dy * cb - dx * sb).abs() <= q)  # a's centre in b
-    m = torch.where((m < _WRAP_TOL * full) & inside, m + full, m)
-    m = torch.where((m > (1 - _WRAP_TOL) * full) & ~inside, m - full, m)
-    inter = m / 2
-    parallel = (s == 0) | (c == 0)
+    # twice the area is `twice` modulo `full`, in [0, full]; near 0 or near full (nothing or all of a), whether a's
+    # centre (the origin here) lies on the inner side of b's four edges decides
+    inside = (d[0] * pt[1] - d[1] * pt[0]).amax(0) <= 0
+    off = (inside.to(full.dtype) - 0.5) * (2 * _WRAP_TOL) * full
+    inter = (torch.remainder(twice - off, full) + off) / 2
+    parallel = s * c == 0
     if torch.jit.is_tracing() or bool(parallel.any()):
         # exactly parallel edges: overlap of two axis-aligned boxes (b's half extents along a's axes)
         ac, as_ = c.abs(), s.abs()
@@ -271,9 +271,8 @@ def _rect_intersection(fa: Tensor, fb: Tensor) -> Tensor:
         ox = torch.minimum(torch.minimum(a, hx) * 2, a + hx - u.abs()).clamp_min(0)
         oy = torch.minimum(torch.minimum(b, hy) * 2, b + hy - v.abs()).clamp_min(0)
         inter = torch.where(parallel, ox * oy, inter)
-    inter = torch.minimum(inter.clamp_min(0), torch.minimum(4 * ab, 4 * p * q))
-    return torch.where((ab > 0) & (p * q > 0), inter, 0.0)
-
+    cap = 4 * torch.minimum(ab, p * q)
+    return torch.where(cap > 0, torch.minimum(inter.clamp_min(0), cap), 0.0)
 
 _CORNERS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
