@@ -3,6 +3,7 @@
     PYTHONPATH=src python benchmarks/bench_nms.py --threads 2 --repeat 7                 # all cases
     PYTHONPATH=src python benchmarks/bench_nms.py --before 6c84c0e --detector            # + an older nms.py, the
                                                                                          #   real detector case
+    PYTHONPATH=src python benchmarks/bench_nms.py --before e46cdb9 --iou --only rbox_iou  # rbox_iou vs an older iou.py
 
 Cases (scores uniform random, boxes (cx, cy, w, h, theta) float32):
 
@@ -13,6 +14,8 @@ Cases (scores uniform random, boxes (cx, cy, w, h, theta) float32):
 * ``clustered5000``: 5000 clustered detections of 15 classes (as ``bench_ops.py``), IoU 0.1.
 * ``detector`` (``--detector``): the candidates that LSKNet-T Oriented R-CNN's test path (random weights, one
   1024 x 1024 image, score_thr 0.05, 2000 RoIs x 15 classes) hands to class-wise NMS at IoU 0.1, captured once.
+* ``rbox_iou`` (``--iou``, needs ``--before``): ``rbox_iou`` on 2000 x 2000 DOTA-like boxes and on 2000 proposals
+  x 60 ground-truth boxes (an assigner's call) against ``src/lsknet/ops/iou.py`` at REV (max difference reported).
 
 Baselines, timed in the same process in turn with ours (each repeat runs every method once, so load from other
 processes hits all alike): Ultralytics' ``TorchNMS.fast_nms`` with ``batch_probiou`` (what ``non_max_suppression``
@@ -40,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from lsknet.ops import nms_rotated
+from lsknet.ops import nms_rotated, rbox_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ops import clustered_detections, random_rboxes, shapely_greedy_nms, shapely_polys  # noqa: E402
@@ -86,15 +89,39 @@ def detector_case() -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor, in
     return rb, sc, float(thr), kw["labels"], kw.get("max_dets")
 
 
-def load_before(rev: str):
-    """``nms_rotated`` of ``src/lsknet/ops/nms.py`` at git revision ``rev`` (imports today's other modules)."""
+def load_before(rev: str, name: str = "nms"):
+    """``src/lsknet/ops/{name}.py`` at git revision ``rev`` as a module (imports today's other modules)."""
     root = Path(__file__).resolve().parents[1]
     src = subprocess.run(
-        ["git", "show", f"{rev}:src/lsknet/ops/nms.py"], cwd=root, check=True, capture_output=True, text=True
+        ["git", "show", f"{rev}:src/lsknet/ops/{name}.py"], cwd=root, check=True, capture_output=True, text=True
     ).stdout
-    mod = types.ModuleType(f"nms_{rev}")
-    exec(compile(src, f"{rev}:nms.py", "exec"), mod.__dict__)  # noqa: S102 (our own file from git)
-    return mod.nms_rotated
+    mod = types.ModuleType(f"{name}_{rev}")
+    exec(compile(src, f"{rev}:{name}.py", "exec"), mod.__dict__)  # noqa: S102 (our own file from git)
+    return mod
+
+
+def bench_iou(rev: str, repeat: int) -> None:
+    """``rbox_iou`` now vs at ``rev``, interleaved; one JSON line per case."""
+    old = load_before(rev, "iou").rbox_iou
+    g = torch.Generator().manual_seed(3)
+    props = torch.cat([torch.rand(2000, 2, generator=g) * 1024, torch.rand(2000, 2, generator=g) * 100 + 5,
+                       torch.rand(2000, 1, generator=g)], 1)
+    cases = {"rbox_iou 2000x2000": (random_rboxes(2000, 1), random_rboxes(2000, 2)),
+             "rbox_iou 2000 proposals x 60 gt": (props, props[:60] + torch.randn(60, 5, generator=g))}
+    for name, (a, b) in cases.items():
+        fns = {"lsknet": lambda: rbox_iou(a, b), "before": lambda: old(a, b)}  # noqa: B023 (called in this loop)
+        times: dict[str, list[float]] = {m: [] for m in fns}
+        for _ in range(repeat + 1):  # the first round warms up
+            for m, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                times[m].append(time.perf_counter() - t)
+        row = {"case": name, "pairs": a.shape[0] * b.shape[0], "nonzero": int((rbox_iou(a, b) > 0).sum())}
+        row |= {f"{m}_ms": statistics.median(v[1:]) * 1e3 for m, v in times.items()}
+        row["speedup_vs_before"] = statistics.median(o / n for n, o in zip(times["lsknet"][1:], times["before"][1:]))
+        row["max_abs_diff"] = float((rbox_iou(a, b) - old(a, b)).abs().max())
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) and k != "max_abs_diff" else v
+                          for k, v in row.items()}), flush=True)
 
 
 def probiou_nms():
@@ -117,6 +144,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--before", default=None, help="git revision whose nms.py is timed too")
     parser.add_argument("--detector", action="store_true", help="add the captured detector case (~15-60 s)")
+    parser.add_argument("--iou", action="store_true", help="add rbox_iou now vs at --before")
     parser.add_argument("--only", nargs="*", help="case name prefixes")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -135,7 +163,7 @@ def main() -> None:
         cases = {k: v for k, v in cases.items() if any(k.startswith(p) for p in args.only)}
     methods = {"lsknet": nms_rotated}
     if args.before:
-        methods["before"] = load_before(args.before)
+        methods["before"] = load_before(args.before).nms_rotated
     probiou = probiou_nms()
     load0 = os.getloadavg()
     print(f"threads {args.threads}, repeats {args.repeat}, load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}")
@@ -170,6 +198,8 @@ def main() -> None:
             row["shapely_identical"] = shapely_greedy_nms(shapely_polys(rb), sc.double().numpy(), labels, thr) == keep
         rows.append(row)
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    if args.iou and args.before and (not args.only or any("rbox_iou".startswith(p) for p in args.only)):
+        bench_iou(args.before, args.repeat)
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}")
     if args.json:
