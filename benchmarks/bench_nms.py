@@ -24,7 +24,8 @@ installed (measurement only, never a dependency; skipped for the 22k-box detecto
 would need ~10 GB), and ``--before REV``: ``src/lsknet/ops/nms.py`` as it was at git revision REV. Every case checks
 that ours keeps exactly the boxes of a textbook greedy loop over shapely polygons (``bench_ops.shapely_greedy_nms``;
 skipped above 6000 boxes) and reports whether REV agrees. Reported: medians of wall time, and the median of the
-per-repeat ratios ours / probIoU of wall and of process CPU time (ratios are what counts on a shared machine).
+per-repeat ratios ours / probIoU (and REV / probIoU) of wall and of process CPU time (ratios are what counts on a
+shared machine).
 """
 
 from __future__ import annotations
@@ -190,6 +191,9 @@ def main() -> None:
             row["ratio_vs_probiou"] = statistics.median(a / b for a, b in zip(times["lsknet"], times["probiou"]))
             row["cpu_ratio_vs_probiou"] = statistics.median(a / b for a, b in zip(cpu["lsknet"], cpu["probiou"]))
             row["probiou_kept"] = len(fns["probiou"]())
+        if "before" in fns and "probiou" in fns:
+            row["before_ratio_vs_probiou"] = statistics.median(a / b for a, b in zip(times["before"], times["probiou"]))
+            row["before_cpu_ratio_vs_probiou"] = statistics.median(a / b for a, b in zip(cpu["before"], cpu["probiou"]))
         if "before" in fns:
             row["speedup_vs_before"] = statistics.median(b / a for a, b in zip(times["lsknet"], times["before"]))
             row["before_identical"] = fns["before"]().tolist() == keep
