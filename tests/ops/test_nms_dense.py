@@ -79,6 +79,15 @@ def test_duplicates_and_degenerate_boxes_in_a_cluster(strategy, thr):
     assert nms_rotated(rb, sc, thr).tolist() == greedy_reference(rb, sc, thr)
 
 
+@pytest.mark.parametrize("thr", [0.1, 0.7])
+def test_negative_sizes_are_rectangles_too(strategy, thr):
+    """A negative width or height describes the same rectangle (shapely sees the same corners)."""
+    rb, sc = dense_cluster(200, n_objects=6, seed=9, dtype=torch.float64)
+    rb[::3, 2] *= -1
+    rb[1::4, 3] *= -1
+    assert nms_rotated(rb, sc, thr).tolist() == greedy_reference(rb, sc, thr)
+
+
 def test_long_chain_across_blocks(strategy):
     """300 boxes sliding by 3 px (neighbours IoU 7/13, next-but-one 4/16): keep, drop, keep, ... across blocks."""
     n = 300

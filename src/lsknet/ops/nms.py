@@ -168,8 +168,8 @@ class _Context:
 
     def __init__(self, boxes: Tensor, labels: Tensor | None, iou_threshold: float) -> None:
         self.k, self.device = boxes.shape[0], boxes.device
-        self.env, self.area, self.labels, self.t = rbox_to_hbox(boxes), boxes[:, 2] * boxes[:, 3], labels, iou_threshold
-        self.area = self.area.abs()
+        self.env, self.labels, self.t = rbox_to_hbox(boxes), labels, iou_threshold
+        self.area = (boxes[:, 2] * boxes[:, 3]).abs()  # a negative width or height is the same rectangle
         self._rect = _rect_frames(boxes).t().contiguous()  # (K, 6) rows: gathered per pair
         self._x1, self._x2 = _shifted_x(self.env, labels)
         self._by_x = torch.argsort(self._x1)
