@@ -101,14 +101,15 @@ def load_before(rev: str, name: str = "nms"):
     return mod
 
 
-def bench_iou(rev: str, repeat: int) -> None:
-    """``rbox_iou`` now vs at ``rev``, interleaved; one JSON line per case."""
+def bench_iou(rev: str, repeat: int) -> list[dict]:
+    """``rbox_iou`` now vs at ``rev``, interleaved; one JSON line (and row) per case."""
     old = load_before(rev, "iou").rbox_iou
     g = torch.Generator().manual_seed(3)
     props = torch.cat([torch.rand(2000, 2, generator=g) * 1024, torch.rand(2000, 2, generator=g) * 100 + 5,
                        torch.rand(2000, 1, generator=g)], 1)
     cases = {"rbox_iou 2000x2000": (random_rboxes(2000, 1), random_rboxes(2000, 2)),
              "rbox_iou 2000 proposals x 60 gt": (props, props[:60] + torch.randn(60, 5, generator=g))}
+    rows = []
     for name, (a, b) in cases.items():
         fns = {"lsknet": lambda: rbox_iou(a, b), "before": lambda: old(a, b)}  # noqa: B023 (called in this loop)
         times: dict[str, list[float]] = {m: [] for m in fns}
@@ -123,6 +124,8 @@ def bench_iou(rev: str, repeat: int) -> None:
         row["max_abs_diff"] = float((rbox_iou(a, b) - old(a, b)).abs().max())
         print(json.dumps({k: round(v, 2) if isinstance(v, float) and k != "max_abs_diff" else v
                           for k, v in row.items()}), flush=True)
+        rows.append(row)
+    return rows
 
 
 def probiou_nms():
@@ -203,7 +206,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if args.iou and args.before and (not args.only or any("rbox_iou".startswith(p) for p in args.only)):
-        bench_iou(args.before, args.repeat)
+        rows += bench_iou(args.before, args.repeat)
     load1 = os.getloadavg()
     print(f"load average at the end {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}")
     if args.json:

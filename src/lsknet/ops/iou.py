@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lsknet.ops.boxes import check_polys, check_rboxes, rbox_to_hbox
+from lsknet.ops.boxes import check_polys, check_rboxes
 
 __all__ = ["poly_iof", "poly_iou", "rbox_iof", "rbox_iou"]
 
@@ -194,9 +194,10 @@ def _rbox_overlaps(a: Tensor, b: Tensor, aligned: bool, mode: str) -> Tensor:
     a, b = check_rboxes(a, "a"), check_rboxes(b, "b")
     out_dtype = torch.promote_types(a.dtype, b.dtype)
     _check_aligned(a.shape[0], b.shape[0], aligned, ("a", "b"))
-    a, b = a.to(torch.float64), b.to(torch.float64)
-    fa, fb = _rect_frames(a).t().contiguous(), _rect_frames(b).t().contiguous()
-    return _fill(rbox_to_hbox(a), rbox_to_hbox(b), aligned, out_dtype, lambda i, j: _rect_overlaps(fa, fb, i, j, mode))
+    fa, fb = _rect_frames(a), _rect_frames(b)
+    env_a, env_b = _rect_envelopes(fa), _rect_envelopes(fb)
+    fa, fb = fa.t().contiguous(), fb.t().contiguous()
+    return _fill(env_a, env_b, aligned, out_dtype, lambda i, j: _rect_overlaps(fa, fb, i, j, mode))
 
 
 def _prepare_tris(pieces: Tensor) -> Tensor:
@@ -214,6 +215,14 @@ def _rect_frames(rboxes: Tensor) -> Tensor:
     r = rboxes.to(torch.float64)
     t = r[:, 4]
     return torch.stack([r[:, 0], r[:, 1], r[:, 2].abs() / 2, r[:, 3].abs() / 2, torch.cos(t), torch.sin(t)])
+
+
+def _rect_envelopes(frames: Tensor) -> Tensor:
+    """Axis-aligned envelopes (N, 4) = (x1, y1, x2, y2) of rectangles given as frames (6, N) (no trigonometry)."""
+    x, y, a, b, c, s = frames
+    c, s = c.abs(), s.abs()
+    ex, ey = a * c + b * s, a * s + b * c
+    return torch.stack([x - ex, y - ey, x + ex, y + ey], 1)
 
 
 def _rect_intersection(fa: Tensor, fb: Tensor) -> Tensor:

@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lsknet.ops.boxes import _check_finite, check_rboxes, rbox_to_hbox
-from lsknet.ops.iou import _rect_frames, _rect_overlaps
+from lsknet.ops.boxes import _check_finite, check_rboxes
+from lsknet.ops.iou import _rect_envelopes, _rect_frames, _rect_overlaps
 
 __all__ = ["nms_rotated"]
 
@@ -168,9 +168,10 @@ class _Context:
 
     def __init__(self, boxes: Tensor, labels: Tensor | None, iou_threshold: float) -> None:
         self.k, self.device = boxes.shape[0], boxes.device
-        self.env, self.labels, self.t = rbox_to_hbox(boxes), labels, iou_threshold
+        frames = _rect_frames(boxes)
+        self.env, self.labels, self.t = _rect_envelopes(frames), labels, iou_threshold
         self.area = (boxes[:, 2] * boxes[:, 3]).abs()  # a negative width or height is the same rectangle
-        self._rect = _rect_frames(boxes).t().contiguous()  # (K, 6) rows: gathered per pair
+        self._rect = frames.t().contiguous()  # (K, 6) rows: gathered per pair
         self._x1, self._x2 = _shifted_x(self.env, labels)
         self._by_x = torch.argsort(self._x1)
         self._sorted_x1 = self._x1[self._by_x]
@@ -195,7 +196,7 @@ class _Context:
         if self.labels is not None:
             ok &= self.labels.index_select(0, rows).unsqueeze(1) == self.labels.index_select(0, cols)
         if upper:
-            ok = ok.triu_(1)
+            ok &= _upper(rows.numel(), rows.device)
         a, b = torch.nonzero(ok, as_tuple=True)
         return a, b
 
@@ -234,6 +235,18 @@ class _Context:
         """Exact ``IoU(i, j) > threshold`` (bool) of the pairs (i, j) (:func:`lsknet.ops.iou._rect_intersection`;
         0 for two empty boxes)."""
         return _rect_overlaps(self._rect, self._rect, i, j, "iou") > self.t
+
+
+_UPPER: dict[torch.device, Tensor] = {}
+
+
+def _upper(n: int, device: torch.device) -> Tensor:
+    """(n, n) view of a cached strictly upper-triangular bool mask (one ``triu`` per device: under contention for
+    the cores, each small parallel op such as ``triu`` can wait a whole scheduler slice for its second thread)."""
+    if device not in _UPPER or _UPPER[device].shape[0] < n:
+        size = max(n, _BLOCK_MAX)
+        _UPPER[device] = torch.ones(size, size, dtype=torch.bool, device=device).triu_(1)
+    return _UPPER[device][:n, :n]
 
 
 def _greedy_rounds(ctx: _Context) -> Tensor:
