@@ -114,3 +114,26 @@ def test_optimized_segmenter_same_logits():
         ref, got = model(x), fast(x)
     assert got.shape == ref.shape
     assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-4
+
+
+def test_optimized_detector_reuses_its_workspace_and_returns_detections_that_do_not_alias_it():
+    """Large temporaries come from a workspace kept between calls (no fresh page-faulting buffers per call); a
+    later call must not change the detections an earlier call returned, and repeating an image repeats its result
+    exactly."""
+    model = _spread_detector("lsknet_t")
+    fast = optimize_for_inference(model)
+    img_a, img_b = _image(197, 263, seed=1), _image(197, 263, seed=2)
+    with torch.inference_mode():
+        first = fast([img_a])[0]
+        kept = {k: v.clone() for k, v in first.items()}
+        held = fast.inference_workspace.nbytes
+        assert held > 197 * 263 * 4 * 4  # at least the finest pyramid level's worth of buffers
+        other = fast([img_b])[0]
+        assert fast.inference_workspace.nbytes == held  # same sizes: the same buffers, nothing new
+        again = fast([img_a])[0]
+        ref = model([img_a])[0]
+    for k in kept:
+        assert torch.equal(first[k], kept[k]), k  # not overwritten by the later calls
+        assert torch.equal(again[k], kept[k]), k
+    assert not torch.equal(other["scores"][:5], kept["scores"][:5])
+    _assert_same_detections(ref, first)

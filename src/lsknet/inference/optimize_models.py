@@ -18,6 +18,7 @@ Outputs equal the eager model's up to float rounding (~1e-6 relative); detection
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -31,6 +32,7 @@ from lsknet.models.fpn import FPN
 from lsknet.models.oriented_rcnn import OrientedRCNN
 from lsknet.ops.roi_align_rotated import roi_align_rotated
 from lsknet.ops.winograd import winograd_conv3x3, winograd_weight
+from lsknet.ops.workspace import Workspace, persistent, scratch
 
 __all__ = ["optimize_detector", "optimize_segmenter"]
 
@@ -61,21 +63,29 @@ WINOGRAD_MIN_PIXELS = 48 * 48  # smaller maps: direct convolution (transform ove
 class _Conv3x3(nn.Module):
     """A stride-1 3x3 ``nn.Conv2d`` (+ optional ReLU) for inference: Winograd F(m x m, 3 x 3) on CPU float32 maps
     of at least ``WINOGRAD_MIN_PIXELS`` pixels (:func:`lsknet.ops.winograd.winograd_conv3x3`), else the conv itself
-    (fused with the ReLU where oneDNN offers it). NCHW in, NCHW channels-last out."""
+    (fused with the ReLU where oneDNN offers it). NCHW in, NCHW channels-last out.
 
-    def __init__(self, conv: nn.Conv2d, relu: bool, m: int = WINOGRAD_M) -> None:
+    ``scratch_output``: the output is dead before the next call of this module (its Winograd output buffer is
+    then a workspace scratch buffer; otherwise one kept for the whole pass, see :mod:`lsknet.ops.workspace`)."""
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, m: int = WINOGRAD_M, scratch_output: bool = False) -> None:
         super().__init__()
         self.conv = conv
         self.relu = relu
         self.m = m
         self.padding = int(conv.padding[0])
+        self.scratch_output = scratch_output
         self.register_buffer("weight_t", winograd_weight(conv.weight.detach(), m), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         cpu32 = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
         if cpu32 and h * w >= WINOGRAD_MIN_PIXELS:
-            return winograd_conv3x3(x, self.weight_t, self.conv.bias, m=self.m, padding=self.padding, relu=self.relu)
+            key = ("conv3x3", id(self))
+            allocate = functools.partial(scratch if self.scratch_output else persistent, key)
+            return winograd_conv3x3(
+                x, self.weight_t, self.conv.bias, m=self.m, padding=self.padding, relu=self.relu, allocate=allocate
+            )
         x = x.contiguous(memory_format=torch.channels_last)
         return _conv_relu(x, self.conv) if self.relu else self.conv(x)
 
@@ -129,7 +139,13 @@ class _Conv1x1(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        return F.linear(x, self.weight2d, self.conv.bias).permute(0, 3, 1, 2)
+        out = persistent(("conv1x1", id(self)), (*x.shape[:3], self.weight2d.shape[0]), x)
+        bias = self.conv.bias
+        if bias is None:
+            torch.mm(x.reshape(-1, x.shape[-1]), self.weight2d.t(), out=out.view(-1, out.shape[-1]))
+        else:
+            torch.addmm(bias, x.reshape(-1, x.shape[-1]), self.weight2d.t(), out=out.view(-1, out.shape[-1]))
+        return out.permute(0, 3, 1, 2)
 
 
 def _pointwise_ok(conv: nn.Conv2d) -> bool:
@@ -152,29 +168,34 @@ class _InPlaceTopDown:
         return laterals
 
 
+ROI_CHUNK = 256  # RoIs pooled per call: a few MB of samples and output, reused by the allocator between calls
+
+
 class _NHWCRoIExtractorForward:
     """Mixin over ``RotatedRoIExtractor``: the same (K, C, S, S) features, in channels-last memory (RoIAlignRotated
-    computes them so: no NCHW copy) and written once into an uninitialised buffer (every RoI maps to a level)."""
+    computes them so: no NCHW copy), pooled ``ROI_CHUNK`` RoIs at a time straight into one buffer (every RoI maps
+    to a level; no full-size temporary per level)."""
 
     def forward(self, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
         k, c, s = rois.shape[0], feats[0].shape[1], self.output_size
-        out = feats[0].new_empty(k, s, s, c).permute(0, 3, 1, 2)  # (K, C, S, S), channels-last memory
+        out = persistent(("roi_feats", id(self)), (k, s, s, c), feats[0])  # NHWC rows, one per RoI
         if k == 0:
-            return out
+            return out.permute(0, 3, 1, 2)
         levels = self.map_levels(rois)
         done = 0
         for lvl, layer in enumerate(self.roi_layers):
             idx = torch.nonzero(levels == lvl).flatten()
-            if idx.numel():
+            for start in range(0, idx.numel(), ROI_CHUNK):
+                part = idx[start : start + ROI_CHUNK]
                 pooled = roi_align_rotated(
-                    feats[lvl], rois[idx], layer.output_size, layer.spatial_scale, layer.sampling_ratio,
+                    feats[lvl], rois[part], layer.output_size, layer.spatial_scale, layer.sampling_ratio,
                     layer.aligned, layer.clockwise, channels_last=True,
                 )  # fmt: skip
-                out[idx] = pooled.to(out.dtype)
-                done += idx.numel()
+                out.index_copy_(0, part, pooled.permute(0, 2, 3, 1).to(out.dtype))
+            done += idx.numel()
         if done != k:  # RoIs without a level (non-finite sizes) stay zero, as in the eager extractor
             return super().forward(feats, rois)
-        return out
+        return out.permute(0, 3, 1, 2)
 
 
 class _FusedBBoxHeadForward:
@@ -187,6 +208,15 @@ class _FusedBBoxHeadForward:
         for fc in rest:
             x = _linear_relu(x, fc)
         return self.fc_cls(x), self.fc_reg(x)
+
+
+class _WorkspaceForward:
+    """Mixin over a detector: every test pass draws its large temporaries from one :class:`Workspace` (kept
+    between calls: no page faults for fresh buffers); the detections returned never alias it."""
+
+    def predict_batch(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201 (the detector's own signature)
+        with self.inference_workspace.active():
+            return super().predict_batch(*args, **kwargs)
 
 
 def _with_mixin(module: nn.Module, mixin: type) -> nn.Module:
@@ -263,7 +293,7 @@ def optimize_detector(model: nn.Module) -> nn.Module:
         if isinstance(fast, OrientedRCNN):
             rpn = fast.rpn_head
             if _winograd_ok(rpn.rpn_conv):
-                rpn.fast_conv = _Conv3x3(rpn.rpn_conv, relu=True)
+                rpn.fast_conv = _Conv3x3(rpn.rpn_conv, relu=True, scratch_output=True)
                 head_w = torch.cat([rpn.rpn_cls.weight.flatten(1), rpn.rpn_reg.weight.flatten(1)])
                 rpn.register_buffer("head_w", head_w, persistent=False)
                 rpn.register_buffer("head_b", torch.cat([rpn.rpn_cls.bias, rpn.rpn_reg.bias]), persistent=False)
@@ -279,6 +309,8 @@ def optimize_detector(model: nn.Module) -> nn.Module:
                 head.register_buffer("fc1_w_nhwc", w, persistent=False)
                 _with_mixin(head, _FusedBBoxHeadForward)
                 _with_mixin(extractor, _NHWCRoIExtractorForward)
+        fast.inference_workspace = Workspace()
+        _with_mixin(fast, _WorkspaceForward)
     return _frozen(fast)
 
 

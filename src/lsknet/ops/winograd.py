@@ -21,11 +21,14 @@ transformed tiles stay a few MB (cache-resident, no page faults for huge tempora
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from functools import cache
 
 import torch
 from torch import Tensor
+
+from lsknet.ops.workspace import scratch
 
 __all__ = ["winograd_conv3x3", "winograd_matrices", "winograd_weight"]
 
@@ -105,6 +108,7 @@ def winograd_conv3x3(
     padding: int = 1,
     relu: bool = False,
     band_bytes: int = 16 << 20,
+    allocate: Callable[[Sequence[int], Tensor], Tensor] | None = None,
 ) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, dilation 1), optionally followed by ReLU, by
     Winograd F(m x m, 3 x 3).
@@ -115,6 +119,9 @@ def winograd_conv3x3(
         bias: (C_out,) or None.
         padding: zero padding on every side (output (B, C_out, H + 2p - 2, W + 2p - 2)).
         band_bytes: size of the transformed input tiles processed at once.
+        allocate: ``allocate(shape, like)`` gives the uninitialised (B, H'', W'', C_out) NHWC output buffer
+            (H'', W'' rounded up to whole tiles); default ``like.new_empty(shape)``. Temporaries come from
+            :func:`lsknet.ops.workspace.scratch` (reused inside an active workspace).
 
     Returns the (B, C_out, H', W') output in channels-last memory.
     """
@@ -131,14 +138,15 @@ def winograd_conv3x3(
     th, tw = -(-ho // m), -(-wo // m)
     hp, wp = th * m + 2, tw * m + 2
     # zero-padded NHWC input: top/left by `padding`, bottom/right up to whole tiles
-    xp = x.new_empty(b, hp, wp, c_in)  # only the border is zeroed: the interior is overwritten
+    xp = scratch("winograd.input", (b, hp, wp, c_in), x)  # only the border is zeroed: the interior is overwritten
     xp[:, :padding].zero_()
     xp[:, padding + h :].zero_()
     xp[:, padding : padding + h, :padding].zero_()
     xp[:, padding : padding + h, padding + w :].zero_()
     xp[:, padding : padding + h, padding : padding + w] = x.permute(0, 2, 3, 1)
     bt, at = _transforms(m, x.dtype, str(x.device))
-    out = x.new_empty(b, th * m, tw * m, c_out)
+    out_shape = (b, th * m, tw * m, c_out)
+    out = allocate(out_shape, x) if allocate is not None else x.new_empty(out_shape)
     rows = max(1, min(th, band_bytes // max(1, n * n * tw * c_in * x.element_size())))
     sb, sh, sw, sc = xp.stride()
     ob, oh, ow, oc = out.stride()
@@ -148,14 +156,20 @@ def winograd_conv3x3(
             tiles = nt * tw
             # (n, n, nt, tw, C_in) overlapping view of the band's input tiles -> (n*n, tiles * C_in)
             start = xp.storage_offset() + i * sb + t0 * m * sh
-            d = xp.as_strided((n, n, nt, tw, c_in), (sh, sw, m * sh, m * sw, sc), start)
-            d = d.reshape(n, n * tiles * c_in)  # copy: (i, j, tile, c) rows of the tiles
+            d = scratch("winograd.tiles", (n, n, nt, tw, c_in), x)
+            d.copy_(xp.as_strided((n, n, nt, tw, c_in), (sh, sw, m * sh, m * sw, sc), start))  # (i, j, tile, c)
             # B^T d B as two passes of small GEMMs: over rows i (all j at once), then over columns j per row u
-            r = torch.mm(bt, d).view(n, n, tiles * c_in)
-            v = torch.matmul(bt, r).view(n * n, tiles, c_in)
-            y = torch.bmm(v, weight_t).view(n, n, tiles * c_out)  # one GEMM per tile position (u, v)
+            r = scratch("winograd.rows", (n, n * tiles * c_in), x)
+            torch.mm(bt, d.view(n, n * tiles * c_in), out=r)
+            v = scratch("winograd.transformed", (n, n, tiles * c_in), x)
+            torch.matmul(bt, r.view(n, n, tiles * c_in), out=v)
+            y = scratch("winograd.products", (n * n, tiles, c_out), x)
+            torch.bmm(v.view(n * n, tiles, c_in), weight_t, out=y)  # one GEMM per tile position (u, v)
             # A^T y A: over columns v per row u, then over rows u
-            z = torch.mm(at, torch.matmul(at, y).view(n, m * tiles * c_out))  # (m, m * tiles * C_out)
+            ya = scratch("winograd.cols_out", (n, m, tiles * c_out), x)
+            torch.matmul(at, y.view(n, n, tiles * c_out), out=ya)
+            z = scratch("winograd.rows_out", (m, m * tiles * c_out), x)
+            torch.mm(at, ya.view(n, m * tiles * c_out), out=z)
             start = out.storage_offset() + i * ob + t0 * m * oh
             dst = out.as_strided((m, m, nt, tw, c_out), (oh, ow, m * oh, m * ow, oc), start)
             z = z.view(m, m, nt, tw, c_out)
