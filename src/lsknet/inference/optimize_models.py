@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lsknet.inference.optimize import _use_fused, optimize_for_backbone
+from lsknet.inference.optimize import _linear, _use_fused, optimize_for_backbone
 from lsknet.models.backbone import LSKNet
 from lsknet.models.fpn import FPN
 from lsknet.models.oriented_rcnn import OrientedRCNN
@@ -111,7 +111,7 @@ class _FusedRPNForward:
         na = self.rpn_cls.out_channels
         for x in feats:
             y = self.fast_conv(x).permute(0, 2, 3, 1)  # NHWC
-            out = F.linear(y, self.head_w, self.head_b).permute(0, 3, 1, 2)
+            out = _linear(y, self.head_w, self.head_b).permute(0, 3, 1, 2)
             logits.append(out[:, :na])
             deltas.append(out[:, na:])
         return logits, deltas
