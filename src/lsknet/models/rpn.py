@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
 
 from lsknet.models.matching import MaxIoUAssigner, RandomSampler
 from lsknet.ops import DeltaXYWHCoder, MidpointOffsetCoder, rbox_to_hbox
+from lsknet.ops.hbox_nms import batched_nms_hbox
 
 
 class AnchorGenerator:
@@ -314,7 +315,7 @@ class OrientedRPNHead(nn.Module):
             if rboxes.numel() == 0:
                 out.append(rboxes.new_zeros(0, rboxes.shape[1] + 1))
                 continue
-            keep = batched_nms(self._nms_boxes(rboxes), s.float(), ids, cfg.nms_iou)[: cfg.max_per_img]
+            keep = batched_nms_hbox(self._nms_boxes(rboxes), s.float(), ids, cfg.nms_iou)[: cfg.max_per_img]
             out.append(torch.cat([rboxes[keep], s[keep, None].to(rboxes.dtype)], dim=1))
         return out
 

@@ -158,18 +158,21 @@ def winograd_conv3x3(
             start = xp.storage_offset() + i * sb + t0 * m * sh
             d = scratch("winograd.tiles", (n, n, nt, tw, c_in), x)
             d.copy_(xp.as_strided((n, n, nt, tw, c_in), (sh, sw, m * sh, m * sw, sc), start))  # (i, j, tile, c)
-            # B^T d B as two passes of small GEMMs: over rows i (all j at once), then over columns j per row u
-            r = scratch("winograd.rows", (n, n * tiles * c_in), x)
-            torch.mm(bt, d.view(n, n * tiles * c_in), out=r)
-            v = scratch("winograd.transformed", (n, n, tiles * c_in), x)
-            torch.matmul(bt, r.view(n, n, tiles * c_in), out=v)
+            # B^T d B as two passes of small GEMMs: over rows i (one GEMM per column j), then over columns j (one
+            # per row u); batched GEMMs, not one (6 x 6) @ (6 x huge) mm, which MKL runs on one thread only
+            cols = tiles * c_in
+            r = scratch("winograd.rows", (n, n, cols), x)
+            torch.bmm(bt.expand(n, n, n), d.view(n, n, cols).transpose(0, 1), out=r.transpose(0, 1))
+            v = scratch("winograd.transformed", (n, n, cols), x)
+            torch.bmm(bt.expand(n, n, n), r, out=v)
             y = scratch("winograd.products", (n * n, tiles, c_out), x)
             torch.bmm(v.view(n * n, tiles, c_in), weight_t, out=y)  # one GEMM per tile position (u, v)
-            # A^T y A: over columns v per row u, then over rows u
-            ya = scratch("winograd.cols_out", (n, m, tiles * c_out), x)
-            torch.matmul(at, y.view(n, n, tiles * c_out), out=ya)
-            z = scratch("winograd.rows_out", (m, m * tiles * c_out), x)
-            torch.mm(at, ya.view(n, m * tiles * c_out), out=z)
+            # A^T y A: over columns v per row u, then over rows u (one GEMM per output column)
+            cols = tiles * c_out
+            ya = scratch("winograd.cols_out", (n, m, cols), x)
+            torch.bmm(at.expand(n, m, n), y.view(n, n, cols), out=ya)
+            z = scratch("winograd.rows_out", (m, m, cols), x)
+            torch.bmm(at.expand(m, m, n), ya.transpose(0, 1), out=z.transpose(0, 1))
             start = out.storage_offset() + i * ob + t0 * m * oh
             dst = out.as_strided((m, m, nt, tw, c_out), (oh, ow, m * oh, m * ow, oc), start)
             z = z.view(m, m, nt, tw, c_out)
