@@ -39,6 +39,25 @@ def test_same_as_conv2d_float64(m, h, w, padding):
     assert torch.allclose(got_relu, F.relu(F.conv2d(x, weight, padding=padding)), atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize(("relu", "with_bias"), [(True, True), (False, True), (True, False)])
+def test_per_pixel_head_applied_band_by_band(relu, with_bias):
+    """``head`` (a 1x1 conv as a GEMM over channels) on the conv's (ReLU'd) output, several bands, odd size."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 6, 19, 23, generator=gen, dtype=torch.float64)
+    weight = torch.randn(8, 6, 3, 3, generator=gen, dtype=torch.float64)
+    bias = torch.randn(8, generator=gen, dtype=torch.float64) if with_bias else None
+    head_w = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+    head_b = torch.randn(5, generator=gen, dtype=torch.float64)
+    y = F.conv2d(x, weight, bias, padding=1)
+    want = F.conv2d(F.relu(y) if relu else y, head_w[:, :, None, None], head_b)
+    got = winograd_conv3x3(
+        x, winograd_weight(weight, 4), bias, m=4, relu=relu, band_bytes=1, head=lambda t: F.linear(t, head_w, head_b)
+    )
+    assert got.shape == want.shape == (2, 5, 19, 23)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, want, atol=1e-10, rtol=0)
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_float32_rounding_close_to_direct_conv(m):
     """Float32 error against the float64 oracle: a few times direct convolution's (256 channels, as the FPN/RPN),

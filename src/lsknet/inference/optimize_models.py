@@ -32,7 +32,7 @@ from lsknet.models.fpn import FPN
 from lsknet.models.oriented_rcnn import OrientedRCNN
 from lsknet.ops.roi_align_rotated import roi_align_rotated
 from lsknet.ops.winograd import winograd_conv3x3, winograd_weight
-from lsknet.ops.workspace import Workspace, persistent, scratch
+from lsknet.ops.workspace import Workspace, persistent
 
 __all__ = ["optimize_detector", "optimize_segmenter"]
 
@@ -64,30 +64,32 @@ class _Conv3x3(nn.Module):
     """A stride-1 3x3 ``nn.Conv2d`` (+ optional ReLU) for inference: Winograd F(m x m, 3 x 3) on CPU float32 maps
     of at least ``WINOGRAD_MIN_PIXELS`` pixels (:func:`lsknet.ops.winograd.winograd_conv3x3`), else the conv itself
     (fused with the ReLU where oneDNN offers it). NCHW in, NCHW channels-last out.
+    The Winograd output buffer is kept in the workspace for the whole pass (:mod:`lsknet.ops.workspace`)."""
 
-    ``scratch_output``: the output is dead before the next call of this module (its Winograd output buffer is
-    then a workspace scratch buffer; otherwise one kept for the whole pass, see :mod:`lsknet.ops.workspace`)."""
-
-    def __init__(self, conv: nn.Conv2d, relu: bool, m: int = WINOGRAD_M, scratch_output: bool = False) -> None:
+    def __init__(self, conv: nn.Conv2d, relu: bool, m: int = WINOGRAD_M) -> None:
         super().__init__()
         self.conv = conv
         self.relu = relu
         self.m = m
         self.padding = int(conv.padding[0])
-        self.scratch_output = scratch_output
         self.register_buffer("weight_t", winograd_weight(conv.weight.detach(), m), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, head: tuple[Tensor, Tensor | None] | None = None) -> Tensor:
+        """The conv (+ ReLU); with ``head = (weight (C_head, C_out), bias)`` also a 1x1 conv on its output, which is
+        then the result (on the Winograd path applied band by band: the conv's output is never stored)."""
         h, w = x.shape[-2:]
         cpu32 = x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
         if cpu32 and h * w >= WINOGRAD_MIN_PIXELS:
-            key = ("conv3x3", id(self))
-            allocate = functools.partial(scratch if self.scratch_output else persistent, key)
+            allocate = functools.partial(persistent, ("conv3x3", id(self)))
             return winograd_conv3x3(
-                x, self.weight_t, self.conv.bias, m=self.m, padding=self.padding, relu=self.relu, allocate=allocate
-            )
+                x, self.weight_t, self.conv.bias, m=self.m, padding=self.padding, relu=self.relu, allocate=allocate,
+                head=None if head is None else functools.partial(_linear, weight=head[0], bias=head[1]),
+            )  # fmt: skip
         x = x.contiguous(memory_format=torch.channels_last)
-        return _conv_relu(x, self.conv) if self.relu else self.conv(x)
+        y = _conv_relu(x, self.conv) if self.relu else self.conv(x)
+        if head is None:
+            return y
+        return _linear(y.permute(0, 2, 3, 1), head[0], head[1]).permute(0, 3, 1, 2)
 
 
 def _winograd_ok(conv: nn.Conv2d) -> bool:
@@ -103,15 +105,15 @@ def _winograd_ok(conv: nn.Conv2d) -> bool:
 
 
 class _FusedRPNForward:
-    """Mixin over ``OrientedRPNHead``: the same outputs; ``conv3x3 + ReLU`` by :class:`_Conv3x3`, and ``rpn_cls``
-    and ``rpn_reg`` as one GEMM over the channels (their outputs are channels-last views of it)."""
+    """Mixin over ``OrientedRPNHead``: the same outputs; ``conv3x3 + ReLU`` by :class:`_Conv3x3` with ``rpn_cls``
+    and ``rpn_reg`` as one GEMM over the channels applied to each band of its output (their outputs are
+    channels-last views of that GEMM's)."""
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = [], []
         na = self.rpn_cls.out_channels
         for x in feats:
-            y = self.fast_conv(x).permute(0, 2, 3, 1)  # NHWC
-            out = _linear(y, self.head_w, self.head_b).permute(0, 3, 1, 2)
+            out = self.fast_conv(x, head=(self.head_w, self.head_b))
             logits.append(out[:, :na])
             deltas.append(out[:, na:])
         return logits, deltas
@@ -293,7 +295,7 @@ def optimize_detector(model: nn.Module) -> nn.Module:
         if isinstance(fast, OrientedRCNN):
             rpn = fast.rpn_head
             if _winograd_ok(rpn.rpn_conv):
-                rpn.fast_conv = _Conv3x3(rpn.rpn_conv, relu=True, scratch_output=True)
+                rpn.fast_conv = _Conv3x3(rpn.rpn_conv, relu=True)
                 head_w = torch.cat([rpn.rpn_cls.weight.flatten(1), rpn.rpn_reg.weight.flatten(1)])
                 rpn.register_buffer("head_w", head_w, persistent=False)
                 rpn.register_buffer("head_b", torch.cat([rpn.rpn_cls.bias, rpn.rpn_reg.bias]), persistent=False)

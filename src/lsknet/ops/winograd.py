@@ -109,9 +109,10 @@ def winograd_conv3x3(
     relu: bool = False,
     band_bytes: int = 16 << 20,
     allocate: Callable[[Sequence[int], Tensor], Tensor] | None = None,
+    head: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, dilation 1), optionally followed by ReLU, by
-    Winograd F(m x m, 3 x 3).
+    """``F.conv2d(x, weight, bias, padding=padding)`` (stride 1, dilation 1), optionally followed by ReLU and a
+    per-pixel ``head``, by Winograd F(m x m, 3 x 3).
 
     Args:
         x: (B, C_in, H, W) input (any memory format).
@@ -122,8 +123,10 @@ def winograd_conv3x3(
         allocate: ``allocate(shape, like)`` gives the uninitialised (B, H'', W'', C_out) NHWC output buffer
             (H'', W'' rounded up to whole tiles); default ``like.new_empty(shape)``. Temporaries come from
             :func:`lsknet.ops.workspace.scratch` (reused inside an active workspace).
+        head: a per-pixel map of (pixels, C_out) -> (pixels, C_head) (e.g. a 1x1 conv as a GEMM) applied to each
+            band's output while it is in cache; the conv's own output is then never written out.
 
-    Returns the (B, C_out, H', W') output in channels-last memory.
+    Returns the (B, C_out, H', W') output (or (B, C_head, H', W') with ``head``) in channels-last memory.
     """
     n = m + 2
     b, c_in, h, w = x.shape
@@ -145,11 +148,9 @@ def winograd_conv3x3(
     xp[:, padding : padding + h, padding + w :].zero_()
     xp[:, padding : padding + h, padding : padding + w] = x.permute(0, 2, 3, 1)
     bt, at = _transforms(m, x.dtype, str(x.device))
-    out_shape = (b, th * m, tw * m, c_out)
-    out = allocate(out_shape, x) if allocate is not None else x.new_empty(out_shape)
+    out: Tensor | None = None
     rows = max(1, min(th, band_bytes // max(1, n * n * tw * c_in * x.element_size())))
     sb, sh, sw, sc = xp.stride()
-    ob, oh, ow, oc = out.stride()
     for i in range(b):
         for t0 in range(0, th, rows):
             nt = min(rows, th - t0)
@@ -173,14 +174,24 @@ def winograd_conv3x3(
             torch.bmm(at.expand(n, m, n), y.view(n, n, cols), out=ya)
             z = scratch("winograd.rows_out", (m, m, cols), x)
             torch.bmm(at.expand(m, m, n), ya.transpose(0, 1), out=z.transpose(0, 1))
-            start = out.storage_offset() + i * ob + t0 * m * oh
-            dst = out.as_strided((m, m, nt, tw, c_out), (oh, ow, m * oh, m * ow, oc), start)
             z = z.view(m, m, nt, tw, c_out)
-            if bias is not None:
+            fold_bias = bias is not None and (relu or head is not None)
+            if fold_bias:  # bias, ReLU and head on the band's tiles in place, while they are in cache
+                z.add_(bias)
+            if relu:
+                z.clamp_min_(0.0)
+            if head is not None:
+                z = head(z.view(-1, c_out))
+                z = z.view(m, m, nt, tw, z.shape[-1])
+            if out is None:
+                out_shape = (b, th * m, tw * m, z.shape[-1])
+                out = allocate(out_shape, x) if allocate is not None else x.new_empty(out_shape)
+                ob, oh, ow, oc = out.stride()
+            start = out.storage_offset() + i * ob + t0 * m * oh
+            dst = out.as_strided((m, m, nt, tw, out.shape[-1]), (oh, ow, m * oh, m * ow, oc), start)
+            if bias is not None and not fold_bias:
                 torch.add(z, bias, out=dst)
             else:
                 dst.copy_(z)
-            if relu:
-                dst.clamp_min_(0.0)
     out = out[:, :ho, :wo].permute(0, 3, 1, 2)
     return out if (ho, wo) == (th * m, tw * m) else out.contiguous(memory_format=torch.channels_last)
