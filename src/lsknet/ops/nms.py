@@ -202,7 +202,7 @@ class _Context:
 
     def reach_out(self, src: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
         """Candidate pairs (i in ``src``, j with ``alive[j]``) found by sweep and prune: j starts (in the classes'
-        shifted x) after i's start minus the widest envelope and before i's end; the rest as :meth:`candidates`."""
+        shifted x) after i's start minus the widest envelope and before i's end; the rest as :func:`_may_suppress`."""
         lo = torch.searchsorted(self._sorted_x1, self._x1[src] - self._width, side="left")
         hi = torch.searchsorted(self._sorted_x1, self._x2[src], side="left")
         count = (hi - lo).clamp_min(0)
@@ -214,21 +214,23 @@ class _Context:
         steps = torch.arange(1, total // chunk + 1, device=src.device) * chunk
         cuts = [0, *torch.searchsorted(csum, steps).tolist(), src.numel()]
         out_i, out_j = [], []
+        y1, y2 = self.env[:, 1], self.env[:, 3]
         for c0, c1 in zip(cuts[:-1], cuts[1:]):
             if c1 <= c0:
                 continue
             cnt = count[c0:c1]
             n = int(cnt.sum())
             owner = torch.repeat_interleave(torch.arange(c0, c1, device=src.device), cnt, output_size=n)
-            start = torch.cumsum(cnt, 0) - cnt
-            j = self._by_x[lo[owner] + torch.arange(n, device=src.device) - start[owner - c0]]
-            i = src[owner]
-            y1, y2 = self.env[:, 1], self.env[:, 3]
-            live = alive[j] & (self._x2[j] > self._x1[i]) & (y1[j] < y2[i]) & (y1[i] < y2[j])  # cheap first cut
-            i, j = i[live], j[live]
-            ok = _may_suppress(self.env, self.area, self.labels, i, j, self.t)
-            out_i.append(i[ok])
-            out_j.append(j[ok])
+            first = lo[c0:c1] - torch.cumsum(cnt, 0) + cnt  # sorted position of owner's pair r: first[owner] + r
+            j = self._by_x.index_select(0, first.index_select(0, owner - c0) + torch.arange(n, device=src.device))
+            i = src.index_select(0, owner)
+            live = alive.index_select(0, j) & (self._x2.index_select(0, j) > self._x1.index_select(0, i))
+            live &= (y1.index_select(0, j) < y2.index_select(0, i)) & (y1.index_select(0, i) < y2.index_select(0, j))
+            live = torch.nonzero(live).squeeze(1)  # cheap first cut
+            i, j = i.index_select(0, live), j.index_select(0, live)
+            ok = torch.nonzero(_may_suppress(self.env, self.area, self.labels, i, j, self.t)).squeeze(1)
+            out_i.append(i.index_select(0, ok))
+            out_j.append(j.index_select(0, ok))
         return torch.cat(out_i), torch.cat(out_j)
 
     def exact(self, i: Tensor, j: Tensor) -> Tensor:
