@@ -120,8 +120,8 @@ def winograd_conv3x3(
         bias: (C_out,) or None.
         padding: zero padding on every side (output (B, C_out, H + 2p - 2, W + 2p - 2)).
         band_bytes: size of the transformed input tiles processed at once.
-        allocate: ``allocate(shape, like)`` gives the uninitialised (B, H'', W'', C_out) NHWC output buffer
-            (H'', W'' rounded up to whole tiles); default ``like.new_empty(shape)``. Temporaries come from
+        allocate: ``allocate(shape, like)`` gives the uninitialised (B, H', W', C_out) NHWC output buffer; default
+            ``like.new_empty(shape)``. Temporaries come from
             :func:`lsknet.ops.workspace.scratch` (reused inside an active workspace).
         head: a per-pixel map of (pixels, C_out) -> (pixels, C_head) (e.g. a 1x1 conv as a GEMM) applied to each
             band's output while it is in cache; the conv's own output is then never written out.
@@ -184,14 +184,30 @@ def winograd_conv3x3(
                 z = head(z.view(-1, c_out))
                 z = z.view(m, m, nt, tw, z.shape[-1])
             if out is None:
-                out_shape = (b, th * m, tw * m, z.shape[-1])
+                out_shape = (b, ho, wo, z.shape[-1])
                 out = allocate(out_shape, x) if allocate is not None else x.new_empty(out_shape)
-                ob, oh, ow, oc = out.stride()
-            start = out.storage_offset() + i * ob + t0 * m * oh
-            dst = out.as_strided((m, m, nt, tw, out.shape[-1]), (oh, ow, m * oh, m * ow, oc), start)
-            if bias is not None and not fold_bias:
-                torch.add(z, bias, out=dst)
+            _scatter_tiles(z, out, i, t0 * m, bias if bias is not None and not fold_bias else None)
+    return out.permute(0, 3, 1, 2)
+
+
+def _scatter_tiles(z: Tensor, out: Tensor, image: int, row0: int, bias: Tensor | None) -> None:
+    """Write a band's output tiles ``z`` (m, m, nt, tw, C) (pixel ``(row0 + t m + u, c m + v)`` of ``image``) into
+    the NHWC ``out`` (+ ``bias``), dropping the parts of the last tile row / column that overhang the map."""
+    m, _, nt, tw, ch = z.shape
+    ho, wo = out.shape[1:3]
+    ob, oh, ow, oc = out.stride()
+    full_rows = min(nt, (ho - row0) // m)
+    full_cols = min(tw, wo // m)
+    row_parts = [(0, full_rows, m), (full_rows, nt, ho - row0 - full_rows * m)]
+    col_parts = [(0, full_cols, m), (full_cols, tw, wo - full_cols * m)]
+    for r_a, r_b, rows in row_parts:
+        for c_a, c_b, cols in col_parts:
+            if r_b <= r_a or c_b <= c_a:
+                continue
+            start = out.storage_offset() + image * ob + (row0 + r_a * m) * oh + c_a * m * ow
+            dst = out.as_strided((rows, cols, r_b - r_a, c_b - c_a, ch), (oh, ow, m * oh, m * ow, oc), start)
+            src = z[:rows, :cols, r_a:r_b, c_a:c_b]
+            if bias is not None:
+                torch.add(src, bias, out=dst)
             else:
-                dst.copy_(z)
-    out = out[:, :ho, :wo].permute(0, 3, 1, 2)
-    return out if (ho, wo) == (th * m, tw * m) else out.contiguous(memory_format=torch.channels_last)
+                dst.copy_(src)
