@@ -41,18 +41,18 @@ def _image(h: int, w: int, seed: int) -> torch.Tensor:
     return (img / 3 * 255).clamp(0, 255)
 
 
-def _assert_same_detections(eager: dict, fast: dict) -> None:
-    """Same count; same labels, boxes (1e-3 px) and scores (1e-5) position by position, except that detections
-    whose eager scores lie within the 1e-5 score tolerance of each other (a tie group) may come in any order
+def _assert_same_detections(eager: dict, fast: dict, score_atol: float = 1e-5, min_count: int = 20) -> None:
+    """Same count; same labels, boxes (1e-3 px) and scores (``score_atol``) position by position, except that
+    detections whose eager scores lie within the score tolerance of each other (a tie group) may come in any order
     within their group (float rounding decides the order of near-equal scores)."""
     n = eager["scores"].numel()
-    assert n > 20, "too few detections for a meaningful comparison"
+    assert n > min_count, "too few detections for a meaningful comparison"
     assert eager["scores"].std() > 0.02  # the scores do spread
     assert fast["scores"].numel() == n
-    assert torch.allclose(fast["scores"], eager["scores"], atol=1e-5, rtol=0)
+    assert torch.allclose(fast["scores"], eager["scores"], atol=score_atol, rtol=0)
     gaps = eager["scores"][:-1] - eager["scores"][1:]
     assert (gaps >= 0).all()
-    group = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum((gaps > 1e-5).long(), 0)])
+    group = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum((gaps > score_atol).long(), 0)])
     ties = 0
     for g in torch.unique(group).tolist():
         idx = torch.nonzero(group == g).flatten().tolist()

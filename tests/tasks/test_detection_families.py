@@ -13,6 +13,7 @@ from lsknet.data.synthetic import generate_dota_scenes
 from lsknet.inference.predictor import Predictor
 from lsknet.models.detectors import build_detector
 from lsknet.tasks import detection, runner
+from tests.inference.test_optimize_models import _assert_same_detections
 
 CLASSES = ["plane", "ship", "storage-tank"]
 # small heads for speed on 128 px images (the official sizes are in the presets)
@@ -92,7 +93,8 @@ def test_optimized_family_gives_the_eager_detections(kind, score_atol):
     """Same detections; R3Det's score tolerance is wider because its two refine stages (4 convs each on sampled
     features) amplify float32 rounding: 5e-7 relative noise on the eager model's own backbone features (below its
     float32 error against float64, ~6e-7) moves its scores by up to 7.5e-6 on this image (measured, 5 seeds), and
-    the optimized model rounds differently all the way through (oneDNN GEMMs, channels-last convs)."""
+    the optimized model rounds differently all the way through (oneDNN GEMMs, channels-last convs). Detections
+    whose scores tie within the tolerance may swap places (``_assert_same_detections``)."""
     from lsknet import optimize_for_inference
 
     torch.manual_seed(0)
@@ -106,7 +108,4 @@ def test_optimized_family_gives_the_eager_detections(kind, score_atol):
     with torch.inference_mode():
         (want,) = model([image])
         (got,) = fast([image])
-    assert len(want["scores"]) > 5
-    assert torch.equal(got["labels"], want["labels"])
-    torch.testing.assert_close(got["scores"], want["scores"], atol=score_atol, rtol=0)
-    torch.testing.assert_close(got["rboxes"], want["rboxes"], atol=1e-3, rtol=0)
+    _assert_same_detections(want, got, score_atol=score_atol, min_count=5)
