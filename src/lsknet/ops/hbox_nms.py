@@ -4,8 +4,8 @@
 set is large (more than 1000 boxes); the Oriented R-CNN RPN hands it five pyramid levels of up to 2000 proposals
 each, ~50 ms of one core per 1024 x 1024 image while the other cores idle. ``nms`` releases the GIL, so
 :func:`batched_nms_hbox` runs the classes in a few threads (at most ``torch.get_num_threads()``), then combines
-the kept boxes exactly as torchvision does (same indices, same order). Small sets, GPU tensors and one-thread
-settings go straight to torchvision.
+the kept boxes exactly as torchvision does (same indices, same order). Small sets, GPU tensors, one-thread
+settings and tracing / compiling go straight to torchvision.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def batched_nms_hbox(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold:
     """``torchvision.ops.batched_nms(boxes, scores, idxs, iou_threshold)``: indices of the kept boxes by decreasing
     score; ``boxes`` (N, 4) ``(x1, y1, x2, y2)`` pixels, NMS only among boxes of the same ``idxs`` value."""
     workers = min(torch.get_num_threads(), 8)
-    if boxes.device.type != "cpu" or boxes.numel() <= _TORCHVISION_PER_CLASS or workers < 2:
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if tracing or boxes.device.type != "cpu" or boxes.numel() <= _TORCHVISION_PER_CLASS or workers < 2:
         return batched_nms(boxes, scores, idxs, iou_threshold)
     members = [torch.where(idxs == c)[0] for c in torch.unique(idxs)]
     if len(members) < 2:
