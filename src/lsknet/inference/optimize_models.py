@@ -142,11 +142,11 @@ class _Conv1x1(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         out = persistent(("conv1x1", id(self)), (*x.shape[:3], self.weight2d.shape[0]), x)
-        bias = self.conv.bias
-        if bias is None:
-            torch.mm(x.reshape(-1, x.shape[-1]), self.weight2d.t(), out=out.view(-1, out.shape[-1]))
+        rows, out_rows = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
+        if self.conv.bias is None:
+            torch.mm(rows, self.weight2d.t(), out=out_rows)
         else:
-            torch.addmm(bias, x.reshape(-1, x.shape[-1]), self.weight2d.t(), out=out.view(-1, out.shape[-1]))
+            torch.addmm(self.conv.bias, rows, self.weight2d.t(), out=out_rows)
         return out.permute(0, 3, 1, 2)
 
 

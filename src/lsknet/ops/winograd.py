@@ -121,8 +121,8 @@ def winograd_conv3x3(
         padding: zero padding on every side (output (B, C_out, H + 2p - 2, W + 2p - 2)).
         band_bytes: size of the transformed input tiles processed at once.
         allocate: ``allocate(shape, like)`` gives the uninitialised (B, H', W', C_out) NHWC output buffer; default
-            ``like.new_empty(shape)``. Temporaries come from
-            :func:`lsknet.ops.workspace.scratch` (reused inside an active workspace).
+            ``like.new_empty(shape)``. The temporaries come from :func:`lsknet.ops.workspace.scratch` (reused
+            inside an active workspace).
         head: a per-pixel map of (pixels, C_out) -> (pixels, C_head) (e.g. a 1x1 conv as a GEMM) applied to each
             band's output while it is in cache; the conv's own output is then never written out.
 

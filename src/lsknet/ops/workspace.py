@@ -77,23 +77,28 @@ class Workspace:
         return buf[:numel].view(tuple(shape))
 
     def next_slot(self, key: Hashable) -> int:
+        """How many times ``key`` was asked for in this pass before (0 for the first request)."""
         n = self._counts.get(key, 0)
         self._counts[key] = n + 1
         return n
 
 
+def _workspace_for(like: Tensor) -> Workspace | None:
+    """The active workspace, unless there is none or ``like`` takes part in autograd (fresh tensors then)."""
+    ws = _ACTIVE.get()
+    return None if ws is None or torch.is_grad_enabled() and like.requires_grad else ws
+
+
 def scratch(role: str, shape: Sequence[int], like: Tensor) -> Tensor:
     """An uninitialised tensor for a temporary that dies before its function returns (``role`` names the use:
     callers of one role must never hold two of them at once)."""
-    ws = _ACTIVE.get()
-    if ws is None or torch.is_grad_enabled() and like.requires_grad:
-        return like.new_empty(tuple(shape))
-    return ws.take(("scratch", role), shape, like)
+    ws = _workspace_for(like)
+    return like.new_empty(tuple(shape)) if ws is None else ws.take(("scratch", role), shape, like)
 
 
 def persistent(key: Hashable, shape: Sequence[int], like: Tensor) -> Tensor:
     """An uninitialised tensor that lives until the end of the pass (its own buffer for each request)."""
-    ws = _ACTIVE.get()
-    if ws is None or torch.is_grad_enabled() and like.requires_grad:
+    ws = _workspace_for(like)
+    if ws is None:
         return like.new_empty(tuple(shape))
     return ws.take(("persistent", key, ws.next_slot(key)), shape, like)
